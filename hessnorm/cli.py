@@ -1,0 +1,58 @@
+"""The ``hessnorm`` command: ``train | analyze | report | reproduce | demo``.
+
+Each sub-command lives in its own module exposing ``configure_parser(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so
+``hessnorm --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hessnorm.errors import HessnormError
+
+COMMANDS = {
+    "train": ("hessnorm.train.cli", "train a reference model with a chosen optimizer"),
+    "analyze": ("hessnorm.analyze", "estimate Hessian norms of checkpoints"),
+    "report": ("hessnorm.report", "turn runs and analysis results into tables and figures"),
+    "reproduce": ("hessnorm.reproduce", "reproduce a paper experiment into reports/"),
+    "demo": ("hessnorm.demo", "estimate norms of a small real model and compare with exact values"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hessnorm", description=__doc__.splitlines()[0])
+    from hessnorm import __version__
+
+    parser.add_argument("--version", action="version", version=f"hessnorm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if name == chosen:
+            importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except HessnormError as exc:
+        print(f"hessnorm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Small real models with fixed data: the test bed every estimator is checked on.
+
+Each problem is small enough for the exact dense Hessian (d of a few hundred to a
+few thousand) yet uses the layers that matter in practice: cross-entropy on an
+MLP, convolutions with BatchNorm, and a causal transformer with embeddings,
+LayerNorm, attention and tied input/output weights.
+
+``make_problem(name)`` returns a ready :class:`~hessnorm.operator.HessianOperator`;
+``problem_parts(name)`` returns ``(model, loss_fn, batches)`` for callers that
+build their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hessnorm.errors import ConfigError
+
+__all__ = [
+    "MLP",
+    "ConvBN",
+    "TinyTransformer",
+    "PROBLEMS",
+    "problem_parts",
+    "make_problem",
+    "digits",
+    "char_tokens",
+]
+
+
+class MLP(nn.Module):
+    """A tanh multilayer perceptron (smooth, so finite differences behave)."""
+
+    def __init__(self, sizes=(64, 16, 10), activation=nn.Tanh):
+        super().__init__()
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(activation())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+class ConvBN(nn.Module):
+    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear."""
+
+    def __init__(self, channels=4, classes=10, track_running_stats=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels, track_running_stats=track_running_stats)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels, track_running_stats=track_running_stats)
+        self.fc = nn.Linear(channels * 4 * 4, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.avg_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim, heads, attention):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.attention = attention
+        self.heads = heads
+        if attention == "mha":
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        T = x.shape[1]
+        h = self.ln1(x)
+        if self.attention == "mha":
+            mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), 1)
+            a, _ = self.attn(h, h, h, attn_mask=mask, need_weights=False)
+        else:
+            B, _, C = h.shape
+            q, k, v = self.qkv(h).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = self.proj(a.transpose(1, 2).reshape(B, T, C))
+        x = x + a
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyTransformer(nn.Module):
+    """A causal language model with tied embedding / output weights.
+
+    ``attention="sdpa"`` uses ``F.scaled_dot_product_attention`` (as nanoGPT does);
+    ``attention="mha"`` uses ``nn.MultiheadAttention``. Returns logits (B, T, V).
+    """
+
+    def __init__(self, vocab=16, dim=16, heads=2, layers=1, block=8, attention="sdpa"):
+        super().__init__()
+        if attention not in ("sdpa", "mha"):
+            raise ConfigError(f"attention must be 'sdpa' or 'mha', got {attention!r}")
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = nn.Embedding(block, dim)
+        self.blocks = nn.ModuleList(_Block(dim, heads, attention) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.wte.weight  # weight tying
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln_f(x))
+
+
+def lm_loss(logits, targets):
+    """Mean next-token cross-entropy over every position."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def digits(n: int = 128, seed: int = 0, image: bool = False):
+    """``n`` examples of scikit-learn's bundled 8x8 digits, scaled to [0, 1].
+
+    A fixed random subset (by ``seed``); no download is involved.
+    """
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(y), generator=g)[:n]
+    x = torch.as_tensor(X, dtype=torch.float32)[idx] / 16.0
+    t = torch.as_tensor(y, dtype=torch.long)[idx]
+    return (x.view(-1, 1, 8, 8) if image else x), t
+
+
+def char_tokens(n_seq: int = 32, block: int = 8, vocab: int = 16, seed: int = 0):
+    """Token sequences from real text: characters of this module's own docstrings,
+    mapped to ``vocab`` ids by byte value modulo ``vocab``; targets are the next token."""
+    text = (__doc__ + MLP.__doc__ + ConvBN.__doc__ + TinyTransformer.__doc__).encode()
+    data = torch.tensor(list(text), dtype=torch.long) % vocab
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - block - 1, (n_seq,), generator=g)
+    x = torch.stack([data[s : s + block] for s in starts])
+    y = torch.stack([data[s + 1 : s + 1 + block] for s in starts])
+    return x, y
+
+
+def _split(x, y, sizes):
+    out, start = [], 0
+    for s in sizes:
+        out.append((x[start : start + s], y[start : start + s]))
+        start += s
+    return out
+
+
+def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None):
+    """``(model, loss_fn, batches)`` of a named test problem.
+
+    Names: ``mlp``, ``conv_bn`` (BatchNorm with running stats, filled by a few
+    training-mode passes so ``batchnorm="frozen"`` has real statistics),
+    ``transformer`` (SDPA attention), ``transformer_mha`` (``nn.MultiheadAttention``).
+    ``split`` optionally lists batch sizes that partition the examples.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if name == "mlp":
+        x, y = digits(n or 64, seed)
+        model = _init(MLP((64, 12, 10)), g)
+        loss = F.cross_entropy
+    elif name == "conv_bn":
+        x, y = digits(n or 32, seed, image=True)
+        model = _init(ConvBN(channels=3), g)
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(x)
+        model.eval()
+        loss = F.cross_entropy
+    elif name in ("transformer", "transformer_mha"):
+        x, y = char_tokens(n or 16, seed=seed)
+        attention = "mha" if name.endswith("mha") else "sdpa"
+        model = _init(TinyTransformer(attention=attention), g)
+        loss = lm_loss
+    else:
+        raise ConfigError(f"unknown problem {name!r}; choose from {PROBLEMS}")
+    batches = _split(x, y, split) if split else [(x, y)]
+    return model, loss, batches
+
+
+def _init(model: nn.Module, g: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter from ``g`` (deterministic, independent of the global RNG)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                bound = 1.0 / math.sqrt(p.shape[1] * (p[0][0].numel() if p.dim() > 2 else 1))
+                p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound * math.sqrt(3))
+            elif name.endswith("bias"):
+                p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * 0.1)
+            else:  # norm weights: near 1, not exactly, so the Hessian has no symmetry
+                p.copy_(1 + (torch.rand(p.shape, generator=g) * 2 - 1) * 0.1)
+    return model
+
+
+PROBLEMS = ("mlp", "conv_bn", "transformer", "transformer_mha")
+
+
+def make_problem(name: str, *, dtype=torch.float64, seed: int = 0, batchnorm: str = "batch", **kw):
+    """A :class:`~hessnorm.operator.HessianOperator` for a named test problem."""
+    from hessnorm.operator import HessianOperator
+
+    model, loss, batches = problem_parts(name, seed=seed, **kw)
+    return HessianOperator.from_module(model, loss, batches, dtype=dtype, batchnorm=batchnorm)

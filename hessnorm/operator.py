@@ -1,0 +1,736 @@
+"""The Hessian operator: the one place in hessnorm that calls autograd for HVPs.
+
+A :class:`HessianOperator` fixes a loss, an evaluation set and a point, and exposes
+the Hessian of the **mean loss over every example of the set** as a linear map on
+flat parameter vectors. Estimators only ever call :meth:`HessianOperator.hvp`.
+
+Three HVP strategies are implemented; all compute the same numbers up to rounding:
+
+``"fwd"``    forward-over-reverse, ``jvp(grad(f))`` under ``vmap`` over the k vectors,
+             chunked to a memory budget. Best for many probes at once.
+``"rev"``    reverse-over-reverse (double backward, ``is_grads_batched``). Works for
+             ops without forward-mode AD rules.
+``"graph"``  the gradient graph is built once per batch with ``create_graph=True``
+             and kept alive, so each further HVP is a single backward pass (the
+             PyHessian trick). Best for one vector at a time on a small set
+             (Lanczos). Costs the memory of those graphs.
+
+``mode="auto"`` uses ``"graph"`` for single vectors when the evaluation set has at
+most ``max_cached_batches`` batches, ``"fwd"`` for blocks of vectors, and falls back
+to ``"rev"`` when the model has no forward-mode support. The rule is fixed (never
+timing based), so the same call always takes the same path and gives the same bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hessnorm.errors import (
+    EmptyDataError,
+    NonFiniteError,
+    SelectionError,
+    ShapeError,
+    StochasticModelError,
+)
+
+__all__ = ["HessianOperator", "RotatedOperator", "DenseOperator", "as_operator"]
+
+_MODES = ("auto", "fwd", "rev", "graph")
+_BN_MODES = ("batch", "frozen")
+
+
+def _math_attention():
+    """Route scaled-dot-product attention to the math kernel.
+
+    The fused kernels (flash, memory-efficient, cuDNN) define neither forward-mode
+    AD nor double backward; the math kernel is plain differentiable ops.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _batch_size(inputs: Any, targets: Any) -> int:
+    for obj in (targets, inputs):
+        if isinstance(obj, Tensor) and obj.dim() > 0:
+            return int(obj.shape[0])
+        if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
+            return int(obj[0].shape[0])
+    raise ShapeError(
+        "cannot tell the batch size: give inputs or targets as tensors whose first "
+        "dimension indexes examples"
+    )
+
+
+def _to_device(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, Tensor):
+        if dtype is not None and obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device=device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device, dtype) for o in obj)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _normalize_batches(data: Any) -> list[tuple[Any, Any]]:
+    """Accept one ``(inputs, targets)`` batch or a re-iterable of them."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        if isinstance(data[1], Tensor) and data[0].shape[:1] == data[1].shape[:1]:
+            return [(data[0], data[1])]
+    if isinstance(data, Tensor):
+        raise ShapeError("data must be (inputs, targets) or an iterable of such batches, not a tensor")
+    try:
+        batches = list(data)
+    except TypeError as exc:
+        raise ShapeError(
+            "data must be one (inputs, targets) batch or a re-iterable of such batches"
+        ) from exc
+    out = []
+    for i, b in enumerate(batches):
+        if not (isinstance(b, (tuple, list)) and len(b) == 2):
+            raise ShapeError(f"batch {i} is not an (inputs, targets) pair (got {type(b).__name__})")
+        out.append((b[0], b[1]))
+    return out
+
+
+def _select_params(model: nn.Module, params: Any) -> list[str]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    if params is None:
+        chosen = names
+    elif callable(params):
+        chosen = [n for n in names if params(n)]
+    else:
+        wanted = [params] if isinstance(params, str) else list(params)
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise SelectionError(
+                f"unknown or frozen parameter names {unknown}; trainable parameters are: "
+                f"{names[:20]}{' ...' if len(names) > 20 else ''}"
+            )
+        keep = set(wanted)
+        chosen = [n for n in names if n in keep]
+    if not chosen:
+        raise SelectionError(
+            "the parameter selection is empty: no trainable parameter matched `params`. "
+            "Pass None for all parameters, a list of names, or a predicate on names "
+            f"(trainable names start with {names[:5]})"
+        )
+    return chosen
+
+
+class _Base:
+    """Shared conveniences for everything with ``d``, ``dtype``, ``device`` and ``hvp``."""
+
+    d: int
+    dtype: torch.dtype
+    device: torch.device
+    matvec_count: int
+
+    def _check_vector(self, v: Tensor) -> tuple[Tensor, bool]:
+        if not isinstance(v, Tensor):
+            raise ShapeError(f"v must be a torch.Tensor, got {type(v).__name__}")
+        if v.dim() not in (1, 2) or v.shape[-1] != self.d:
+            raise ShapeError(
+                f"v has shape {tuple(v.shape)}; the operator acts on vectors of shape "
+                f"({self.d},) or (k, {self.d})"
+            )
+        if v.dtype != self.dtype:
+            raise ShapeError(
+                f"v has dtype {v.dtype} but the operator works in {self.dtype}; "
+                f"convert with v.to({self.dtype})"
+            )
+        if v.device != self.device:
+            raise ShapeError(
+                f"v is on {v.device} but the operator is on {self.device}; move it with "
+                f"v.to('{self.device}')"
+            )
+        return (v.unsqueeze(0), True) if v.dim() == 1 else (v, False)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Alias of ``hvp`` so the operator also reads as a plain linear map."""
+        return self.hvp(v)
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        return self.hvp(v)
+
+    def to_scipy(self):
+        """A :class:`scipy.sparse.linalg.LinearOperator` view, float64 in and out."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x):
+            x = np.asarray(x, dtype=np.float64)
+            single = x.ndim == 1
+            t = torch.as_tensor(x.reshape(self.d, -1).T.copy(), dtype=self.dtype, device=self.device)
+            y = self.hvp(t).detach().to("cpu", torch.float64).numpy().T
+            return y.reshape(-1) if single else y
+
+        return LinearOperator((self.d, self.d), matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
+
+    def rotated(self, rotation) -> RotatedOperator:
+        """The Hessian of the rotated loss L(R x~): v -> R^T H R v (paper 000, Sec. 4)."""
+        return RotatedOperator(self, rotation)
+
+
+class HessianOperator(_Base):
+    """Hessian of a mean loss as a linear operator on flat parameter vectors.
+
+    Build it with :meth:`from_module` (a model, a loss and data) or
+    :meth:`from_function` (a scalar function of a flat vector). See the module
+    docstring for the HVP strategies.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> op = HessianOperator.from_function(lambda x: 0.5 * x @ A @ x, torch.zeros(2, dtype=torch.float64))
+        >>> op.hvp(torch.tensor([1.0, 0.0], dtype=torch.float64))
+        tensor([2., 1.], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        batch_loss: Callable[[Tensor, Any], Tensor],
+        batches: Sequence[Any],
+        weights: Sequence[float],
+        point: Tensor,
+        names: Sequence[str],
+        shapes: Mapping[str, torch.Size],
+        *,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+        memory_budget: int | None = None,
+        max_cached_batches: int = 8,
+        description: str = "",
+        _fwd_ok: bool | None = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self._batch_loss = batch_loss
+        self._batches = list(batches)
+        self._weights = [float(w) for w in weights]
+        self.point = point.detach()
+        self.d = int(point.numel())
+        self.dtype = point.dtype
+        self.device = point.device
+        self.param_names = list(names)
+        self.param_shapes = dict(shapes)
+        self.param_slices: dict[str, slice] = {}
+        start = 0
+        for n in self.param_names:
+            size = math.prod(self.param_shapes[n])
+            self.param_slices[n] = slice(start, start + size)
+            start += size
+        if start != self.d:
+            raise ShapeError(f"parameter shapes add up to {start} entries but the point has {self.d}")
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.max_cached_batches = max_cached_batches
+        self.description = description
+        self.matvec_count = 0
+        self._fwd_ok = _fwd_ok
+        self._graphs: list[tuple[Tensor, Tensor]] | None = None
+        self._auto_chunk: int | None = None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_module(
+        cls,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        data: Any,
+        *,
+        params: None | str | Iterable[str] | Callable[[str], bool] = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        chunk_size: int | None = None,
+        batchnorm: str = "batch",
+        mode: str = "auto",
+        memory_budget: int | None = None,
+        max_cached_batches: int = 8,
+    ) -> HessianOperator:
+        """Hessian of the mean of ``loss_fn(model(inputs), targets)`` over ``data``.
+
+        Args:
+            model: any ``nn.Module``. It is copied; the original is never modified.
+            loss_fn: returns the **mean** loss of a batch (as ``F.cross_entropy`` does).
+            data: one ``(inputs, targets)`` batch or a re-iterable of batches.
+                Batches are weighted by their number of examples, so the operator is
+                the Hessian of the mean over all examples however the set is split.
+            params: which trainable parameters span the flat vector: None (all), a
+                name, a list of names, or a predicate on names.
+            dtype: compute dtype (default: the model's). Float inputs follow it.
+            device: compute device (default: the model's).
+            chunk_size: vectors per vmapped HVP call (default: from ``memory_budget``).
+            batchnorm: ``"batch"`` normalises with the statistics of each batch (as
+                when training with ``track_running_stats=False``, paper 000's
+                setting); ``"frozen"`` uses the running statistics.
+            mode: HVP strategy, see the module docstring.
+            memory_budget: bytes a chunk of vmapped HVPs may use (default 2 GiB on
+                CPU, half the free memory on CUDA).
+            max_cached_batches: ``"graph"`` mode keeps at most this many batch graphs.
+
+        Raises:
+            EmptyDataError, SelectionError, StochasticModelError, ShapeError.
+        """
+        if batchnorm not in _BN_MODES:
+            raise ValueError(f"batchnorm must be one of {_BN_MODES}, got {batchnorm!r}")
+        for mname, m in model.named_modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+                raise StochasticModelError(
+                    f"the model is in train mode with active dropout ({mname or 'root'}: "
+                    f"{type(m).__name__}(p={m.p})): the loss is then a random function and "
+                    "has no Hessian. Call model.eval() first (hessnorm evaluates without "
+                    "dropout) or set the dropout probability to 0."
+                )
+        names = _select_params(model, params)
+        ref = dict(model.named_parameters())[names[0]]
+        device = torch.device(device) if device is not None else ref.device
+        dtype = dtype if dtype is not None else ref.dtype
+        if not dtype.is_floating_point:
+            raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
+
+        net = copy.deepcopy(model).to(device=device, dtype=dtype)
+        net.eval()
+        bn_types = (nn.modules.batchnorm._BatchNorm,)
+        for mname, m in net.named_modules():
+            if isinstance(m, bn_types):
+                if batchnorm == "batch":
+                    # eval mode with no running buffers makes BatchNorm use the batch's
+                    # own statistics and update nothing: deterministic and vmap-safe.
+                    m.track_running_stats = False
+                    m.running_mean = None
+                    m.running_var = None
+                    m.num_batches_tracked = None
+                elif m.running_mean is None:
+                    raise SelectionError(
+                        f"batchnorm='frozen' needs running statistics, but {mname} was built "
+                        "with track_running_stats=False; use batchnorm='batch'"
+                    )
+        all_params = dict(net.named_parameters())
+        shapes = {n: all_params[n].shape for n in names}
+        fixed = {n: p.detach() for n, p in net.named_parameters() if n not in set(names)}
+        fixed.update({n: b.detach() for n, b in net.named_buffers()})
+        point = torch.cat([all_params[n].detach().reshape(-1) for n in names])
+        for p in net.parameters():
+            p.requires_grad_(False)
+
+        batches = _normalize_batches(data)
+        if not batches:
+            raise EmptyDataError("data holds no batch: give at least one (inputs, targets) batch")
+        moved, weights = [], []
+        for inputs, targets in batches:
+            n = _batch_size(inputs, targets)
+            if n == 0:
+                continue
+            moved.append((_to_device(inputs, device, dtype), _to_device(targets, device, dtype)))
+            weights.append(n)
+        if not moved:
+            raise EmptyDataError("every batch in data is empty: the mean loss is undefined")
+        total = float(sum(weights))
+        weights = [w / total for w in weights]
+        splits = [math.prod(shapes[n]) for n in names]
+
+        def batch_loss(x: Tensor, batch: Any) -> Tensor:
+            inputs, targets = batch
+            views = {n: t.view(shapes[n]) for n, t in zip(names, torch.split(x, splits))}
+            args = inputs if isinstance(inputs, tuple) else (inputs,)
+            with _math_attention():
+                out = torch.func.functional_call(net, (views, fixed), args, tie_weights=True)
+            return loss_fn(out, targets)
+
+        desc = (
+            f"{type(model).__name__} on {int(total)} examples in {len(moved)} batches, "
+            f"batchnorm={batchnorm}"
+        )
+        return cls(
+            batch_loss,
+            moved,
+            weights,
+            point,
+            names,
+            shapes,
+            mode=mode,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            max_cached_batches=max_cached_batches,
+            description=desc,
+        )
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[[Tensor], Tensor],
+        x0: Tensor,
+        *,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+        name: str = "x",
+    ) -> HessianOperator:
+        """Hessian of a scalar function ``fn`` of a flat vector, at ``x0``.
+
+        Example:
+            >>> import torch
+            >>> op = HessianOperator.from_function(lambda x: (x**4).sum(), torch.ones(3))
+            >>> op.hvp(torch.ones(3)).tolist()
+            [12.0, 12.0, 12.0]
+        """
+        if not isinstance(x0, Tensor) or x0.dim() != 1 or not x0.is_floating_point():
+            raise ShapeError("x0 must be a 1-D floating tensor")
+
+        def batch_loss(x: Tensor, batch: Any) -> Tensor:
+            return fn(x)
+
+        return cls(
+            batch_loss,
+            [None],
+            [1.0],
+            x0.detach(),
+            [name],
+            {name: x0.shape},
+            mode=mode,
+            chunk_size=chunk_size,
+            description=f"function {getattr(fn, '__name__', 'fn')}",
+        )
+
+    def at(self, x: Tensor) -> HessianOperator:
+        """The same loss and data, at another point ``x`` (flat, shape (d,))."""
+        (x,), _ = self._check_vector(x)
+        return HessianOperator(
+            self._batch_loss,
+            self._batches,
+            self._weights,
+            x.detach().clone(),
+            self.param_names,
+            self.param_shapes,
+            mode=self.mode,
+            chunk_size=self.chunk_size,
+            memory_budget=self.memory_budget,
+            max_cached_batches=self.max_cached_batches,
+            description=self.description,
+            _fwd_ok=self._fwd_ok,
+        )
+
+    # ------------------------------------------------------------------ flat views
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Concatenate a name -> tensor mapping into a flat vector in operator order."""
+        missing = [n for n in self.param_names if n not in tensors]
+        if missing:
+            raise ShapeError(f"flatten: missing tensors for {missing}")
+        parts = []
+        for n in self.param_names:
+            t = tensors[n]
+            if tuple(t.shape) != tuple(self.param_shapes[n]):
+                raise ShapeError(
+                    f"flatten: {n} has shape {tuple(t.shape)}, expected {tuple(self.param_shapes[n])}"
+                )
+            parts.append(t.reshape(-1).to(self.device, self.dtype))
+        return torch.cat(parts)
+
+    def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector (d,) into a name -> tensor dict (views of ``vec``)."""
+        if vec.dim() != 1 or vec.numel() != self.d:
+            raise ShapeError(f"unflatten expects a vector of shape ({self.d},), got {tuple(vec.shape)}")
+        return {n: vec[s].view(self.param_shapes[n]) for n, s in self.param_slices.items()}
+
+    # ------------------------------------------------------------------ values
+    def _resolve_point(self, x: Tensor | None) -> Tensor:
+        if x is None:
+            return self.point
+        (x,), _ = self._check_vector(x)
+        return x
+
+    def loss(self, x: Tensor | None = None) -> float:
+        """Mean loss over the evaluation set at ``x`` (default: the operator's point)."""
+        x = self._resolve_point(x)
+        total = 0.0
+        with torch.no_grad():
+            for i, (w, b) in enumerate(zip(self._weights, self._batches)):
+                val = self._batch_loss(x, b)
+                if not torch.isfinite(val):
+                    self._raise_nonfinite("loss", val, x, batch=i)
+                total += w * float(val)
+        return total
+
+    def gradient(self, x: Tensor | None = None) -> Tensor:
+        """Gradient of the mean loss at ``x`` (default: the operator's point), shape (d,)."""
+        x = self._resolve_point(x)
+        g = torch.zeros_like(x)
+        grad_fn = torch.func.grad(self._batch_loss)
+        for i, (w, b) in enumerate(zip(self._weights, self._batches)):
+            gb = grad_fn(x, b)
+            if not torch.isfinite(gb).all():
+                self._raise_nonfinite("gradient", gb, x, batch=i)
+            g.add_(gb, alpha=w)
+        return g
+
+    # ------------------------------------------------------------------ HVPs
+    def hvp(self, v: Tensor) -> Tensor:
+        """Hessian-vector product(s) ``H v`` for ``v`` of shape (d,) or (k, d).
+
+        Cost: k HVPs (counted in ``matvec_count``), each about two gradient passes.
+        """
+        V, single = self._check_vector(v)
+        mode = self._mode_for(V.shape[0])
+        if mode == "graph":
+            out = self._hvp_graph(V)
+        else:
+            chunk = self._chunk(V.shape[0])
+            pieces = [self._hvp_block(V[i : i + chunk], mode) for i in range(0, V.shape[0], chunk)]
+            out = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        self.matvec_count += V.shape[0]
+        if not torch.isfinite(out).all():
+            self._raise_nonfinite("Hessian-vector product", out, self.point)
+        return out[0] if single else out
+
+    @property
+    def strategy(self) -> str:
+        """The HVP paths this operator takes: (single vector, block of vectors)."""
+        return f"single={self._mode_for(1)}, batched={self._mode_for(2)}"
+
+    def _forward_mode_works(self) -> bool:
+        if self._fwd_ok is None:
+            try:
+                v = torch.zeros(1, self.d, dtype=self.dtype, device=self.device)
+                self._hvp_block_fwd(v, self._batches[:1], [1.0])
+                self._fwd_ok = True
+            except (RuntimeError, NotImplementedError):
+                self._fwd_ok = False
+        return self._fwd_ok
+
+    def _mode_for(self, k: int) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if k == 1 and len(self._batches) <= self.max_cached_batches:
+            return "graph"
+        return "fwd" if self._forward_mode_works() else "rev"
+
+    def _chunk(self, k: int) -> int:
+        if self.chunk_size is not None:
+            return min(k, self.chunk_size)
+        if self._auto_chunk is None:
+            self._auto_chunk = self._estimate_chunk()
+        return max(1, min(k, self._auto_chunk))
+
+    def _estimate_chunk(self) -> int:
+        """Vectors per vmapped call so that one chunk stays inside the memory budget.
+
+        Per vector, forward-over-reverse keeps tangents of every saved activation
+        (measured here with saved-tensor hooks on the largest batch) plus a few
+        d-sized buffers.
+        """
+        budget = self.memory_budget
+        if budget is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget = free // 2
+            else:
+                budget = 2 << 30
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        idx = max(range(len(self._batches)), key=lambda i: self._weights[i])
+        x = self.point.detach().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self._batch_loss(x, self._batches[idx])
+        per_vector = 3 * saved[0] + 6 * self.d * self.point.element_size()
+        return int(max(1, min(1024, budget // max(per_vector, 1))))
+
+    def _hvp_block(self, V: Tensor, mode: str) -> Tensor:
+        if mode == "fwd":
+            return self._hvp_block_fwd(V, self._batches, self._weights)
+        return self._hvp_block_rev(V)
+
+    def _hvp_block_fwd(self, V: Tensor, batches, weights) -> Tensor:
+        x = self.point
+        grad_fn = torch.func.grad(self._batch_loss)
+        out = torch.zeros_like(V)
+        for w, b in zip(weights, batches):
+
+            def one(v, b=b):
+                return torch.func.jvp(lambda p: grad_fn(p, b), (x,), (v,))[1]
+
+            out.add_(torch.func.vmap(one)(V), alpha=w)
+        return out
+
+    def _hvp_block_rev(self, V: Tensor) -> Tensor:
+        out = torch.zeros_like(V)
+        for w, b in zip(self._weights, self._batches):
+            x = self.point.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(self._batch_loss(x, b), x, create_graph=True)
+                if V.shape[0] == 1:
+                    (hv,) = torch.autograd.grad(g, x, V[0])
+                    hv = hv.unsqueeze(0)
+                else:
+                    (hv,) = torch.autograd.grad(g, x, V, is_grads_batched=True)
+            out.add_(hv.detach(), alpha=w)
+        return out
+
+    def _hvp_graph(self, V: Tensor) -> Tensor:
+        if self._graphs is None:
+            graphs = []
+            for b in self._batches:
+                x = self.point.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(self._batch_loss(x, b), x, create_graph=True)
+                graphs.append((x, g))
+            self._graphs = graphs
+        out = torch.zeros_like(V)
+        for w, (x, g) in zip(self._weights, self._graphs):
+            for i in range(V.shape[0]):
+                (hv,) = torch.autograd.grad(g, x, V[i], retain_graph=True)
+                out[i].add_(hv, alpha=w)
+        return out
+
+    def release(self) -> None:
+        """Free the cached gradient graphs of ``"graph"`` mode (rebuilt when needed)."""
+        self._graphs = None
+
+    # ------------------------------------------------------------------ errors
+    def _raise_nonfinite(self, what: str, value: Tensor, x: Tensor, batch: int | None = None):
+        where = f" on batch {batch}" if batch is not None else ""
+        bad_params = [
+            n for n, s in self.param_slices.items() if not torch.isfinite(x[s]).all()
+        ]
+        if bad_params:
+            raise NonFiniteError(
+                f"the {what}{where} is not finite because the parameters are not: "
+                f"'{bad_params[0]}' is the first tensor holding NaN/Inf "
+                f"({len(bad_params)} tensor(s) affected). Check the checkpoint or point."
+            )
+        if value.dim() >= 1 and value.shape[-1] == self.d:
+            flat = value.reshape(-1, self.d)
+            for n, s in self.param_slices.items():
+                if not torch.isfinite(flat[:, s]).all():
+                    raise NonFiniteError(
+                        f"the {what}{where} is not finite; '{n}' is the first parameter "
+                        "tensor whose entries went NaN/Inf. The loss may overflow in this "
+                        "dtype (try dtype=torch.float64) or the model may be diverged."
+                    )
+        raise NonFiniteError(
+            f"the {what}{where} is not finite (value {value.flatten()[:1].tolist()}). "
+            "The loss may overflow in this dtype (try float64) or the inputs hold NaN/Inf."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"HessianOperator(d={self.d}, dtype={self.dtype}, device={self.device}, "
+            f"hvp: {self.strategy}, {self.description})"
+        )
+
+
+class RotatedOperator(_Base):
+    """Hessian of the rotated loss L~(x~) = L(R x~): v -> R^T H (R v).
+
+    A composition, not a new code path: every HVP is one HVP of the base operator
+    between two applications of the orthogonal map (paper 000, Sec. 4 and App. D.2).
+    """
+
+    def __init__(self, base, rotation) -> None:
+        if rotation.d != base.d:
+            raise ShapeError(f"rotation acts on R^{rotation.d} but the operator on R^{base.d}")
+        self.base = base
+        self.rotation = rotation
+        self.d = base.d
+        self.dtype = base.dtype
+        self.device = base.device
+        self.param_slices = {"rotated": slice(0, self.d)}
+        self.param_names = ["rotated"]
+        self.param_shapes = {"rotated": torch.Size([self.d])}
+
+    @property
+    def matvec_count(self) -> int:
+        return self.base.matvec_count
+
+    @property
+    def point(self) -> Tensor:
+        return self.rotation.apply_T(self.base.point)
+
+    def hvp(self, v: Tensor) -> Tensor:
+        V, single = self._check_vector(v)
+        out = self.rotation.apply_T(self.base.hvp(self.rotation.apply(V)))
+        return out[0] if single else out
+
+    def loss(self, x: Tensor | None = None) -> float:
+        return self.base.loss(None if x is None else self.rotation.apply(x))
+
+    def gradient(self, x: Tensor | None = None) -> Tensor:
+        return self.rotation.apply_T(
+            self.base.gradient(None if x is None else self.rotation.apply(x))
+        )
+
+    def at(self, x: Tensor) -> RotatedOperator:
+        return RotatedOperator(self.base.at(self.rotation.apply(x)), self.rotation)
+
+    def __repr__(self) -> str:
+        return f"RotatedOperator({self.rotation!r} of {self.base!r})"
+
+
+class DenseOperator(_Base):
+    """A dense symmetric matrix posing as a Hessian operator (tests, small problems).
+
+    ``loss(x) = x^T H x / 2`` and ``gradient(x) = H x``, so it is the operator of a
+    quadratic centred at 0; its point is the origin.
+    """
+
+    def __init__(self, H: Tensor) -> None:
+        if H.dim() != 2 or H.shape[0] != H.shape[1]:
+            raise ShapeError(f"a dense operator needs a square matrix, got shape {tuple(H.shape)}")
+        self.H = H
+        self.d = H.shape[0]
+        self.dtype = H.dtype
+        self.device = H.device
+        self.matvec_count = 0
+        self.param_slices = {"all": slice(0, self.d)}
+        self.param_names = ["all"]
+        self.param_shapes = {"all": torch.Size([self.d])}
+        self.point = torch.zeros(self.d, dtype=H.dtype, device=H.device)
+
+    def hvp(self, v: Tensor) -> Tensor:
+        V, single = self._check_vector(v)
+        self.matvec_count += V.shape[0]
+        out = V @ self.H.T
+        return out[0] if single else out
+
+    def loss(self, x: Tensor | None = None) -> float:
+        x = self.point if x is None else x
+        return float(0.5 * x @ self.H @ x)
+
+    def gradient(self, x: Tensor | None = None) -> Tensor:
+        x = self.point if x is None else x
+        return self.H @ x
+
+    def at(self, x: Tensor) -> DenseOperator:
+        return self
+
+    def __repr__(self) -> str:
+        return f"DenseOperator(d={self.d}, dtype={self.dtype})"
+
+
+def as_operator(obj) -> Any:
+    """Return ``obj`` if it already has ``hvp``; wrap a dense square tensor otherwise."""
+    if hasattr(obj, "hvp") and hasattr(obj, "d"):
+        return obj
+    if isinstance(obj, Tensor):
+        return DenseOperator(obj)
+    raise TypeError(
+        f"expected a Hessian operator (with .hvp and .d) or a dense square tensor, got {type(obj).__name__}"
+    )

@@ -1,0 +1,236 @@
+"""Training tasks: each builds a model, its data and a batch-mean loss.
+
+``build_task(name, options, seed=..., dtype=..., device=...)`` returns a
+:class:`Task`; ``options`` is a JSON-able dict saved in every checkpoint, so the
+same call rebuilds the task from a checkpoint alone. Names:
+
+* ``quadratic`` — paper 000 Section 4.1: L(x) = ½ (R x)ᵀ Σ (R x) with
+  Σ = diag(1 ×11, 1/2², …, 1/990²) for d = 1000 (option ``t``: R = ExpSkew(d, t);
+  t = 0 is the unrotated L₀), started from Rᵀx₀ with x₀ ~ U[0, 1]^d.
+* ``gpt`` — nanoGPT-compatible GPT (:mod:`hessnorm.train.gpt`) on byte tokens of
+  the Python stdlib, or on a nanoGPT data folder.
+* ``resnet`` — small ResNet with batch-statistics BatchNorm on sklearn digits, or
+  CIFAR-10 from a local folder (random crop + flip).
+
+For the quadratic, the "model" is a module holding the parameter x whose
+``forward(inputs)`` returns z = R x repeated once per row of ``inputs`` (shape
+(B, d)); the targets hold the diagonal of Σ per row and ``loss_fn(z, σ)`` is
+mean_rows ½ Σ_j σ_j z_j². So ``loss_fn(model(inputs), targets)`` is the quadratic
+and the Hessian operator sees Rᵀ Σ R, like for any other model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hessnorm.errors import ConfigError
+
+__all__ = ["TASKS", "Task", "build_task", "QuadraticModel", "quadratic_sigma", "quadratic_loss"]
+
+TASKS = ("quadratic", "gpt", "resnet")
+
+
+@dataclass
+class Task:
+    """A model, its data and a batch-mean loss, plus the task's default hyper-parameters.
+
+    ``sample(gen)`` draws one training batch with the given ``torch.Generator`` (the
+    only source of data randomness); ``eval_batches(n)`` is a fixed, deterministic
+    list of evaluation batches covering ``n`` examples (None: the task's default).
+    """
+
+    name: str
+    options: dict
+    model: nn.Module
+    loss_fn: Callable
+    sample: Callable
+    eval_batches: Callable
+    defaults: dict = field(default_factory=dict)
+
+
+def quadratic_sigma(d: int, dtype=torch.float64) -> torch.Tensor:
+    """Diagonal of Σ in paper 000 Sec. 4.1: 11 ones, then 1/k² for k = 2, …, d − 10."""
+    if d < 12:
+        raise ConfigError(f"the quadratic task needs d >= 12, got d={d}.")
+    k = torch.arange(2, d - 9, dtype=dtype)
+    return torch.cat([torch.ones(11, dtype=dtype), 1.0 / k**2])
+
+
+def quadratic_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean over rows of ½ Σ_j σ_j z_j² (outputs z, targets σ; both (B, d))."""
+    return 0.5 * (targets * outputs**2).sum(-1).mean()
+
+
+class QuadraticModel(nn.Module):
+    """Holds x ∈ R^d; ``forward(inputs)`` is R x repeated for each of the B rows of inputs."""
+
+    def __init__(self, x0: torch.Tensor, rotation=None) -> None:
+        super().__init__()
+        self.x = nn.Parameter(x0.clone())
+        self.rotation = rotation
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        z = self.rotation.apply(self.x) if self.rotation is not None else self.x
+        return z.unsqueeze(0).expand(inputs.shape[0], -1)
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module drawing from torch's global RNG without disturbing it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _quadratic(options, seed, dtype, device) -> Task:
+    opts = {"d": 1000, "t": 0.0, "rotation_seed": 0} | options
+    d, t = int(opts["d"]), float(opts["t"])
+    sigma = quadratic_sigma(d, dtype).to(device)
+    rotation = None
+    if t != 0.0:
+        from hessnorm.rotation import ExpSkew
+
+        rotation = ExpSkew(d, t, seed=int(opts["rotation_seed"]))
+    x0 = torch.rand(d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    if rotation is not None:
+        x0 = rotation.apply_T(x0)
+    model = QuadraticModel(x0.to(dtype)).to(device)
+    model.rotation = rotation
+    batch = (torch.zeros(1, 1, dtype=dtype, device=device), sigma.unsqueeze(0))
+    return Task(
+        name="quadratic",
+        options=opts,
+        model=model,
+        loss_fn=quadratic_loss,
+        sample=lambda gen: batch,
+        eval_batches=lambda n=None: [batch],
+        defaults=dict(lr=0.01, betas=(0.9, 0.99), batch_size=1, schedule="constant",
+                      warmup=0, eval_examples=1),
+    )
+
+
+def _gpt(options, seed, dtype, device) -> Task:
+    from hessnorm.train.data import load_text
+    from hessnorm.train.gpt import GPT, TINY_GPT, GPTConfig, lm_loss
+
+    opts = TINY_GPT.to_dict() | {"data_dir": None, "batch_size": 16} | options
+    train, val, vocab = load_text(opts["data_dir"])
+    if vocab is not None and opts["vocab_size"] < vocab:
+        raise ConfigError(f"vocab_size {opts['vocab_size']} < {vocab} tokens of the corpus.")
+    config = GPTConfig(**{k: opts[k] for k in GPTConfig.__dataclass_fields__})
+    model = _seeded(seed, lambda: GPT(config)).to(device=device, dtype=dtype)
+    T, B = config.block_size, int(opts["batch_size"])
+    if len(val) <= T + 1 or len(train) <= T + 1:
+        raise ConfigError(f"the text corpus is shorter than block_size + 1 = {T + 1} tokens.")
+    train_t = torch.from_numpy(train.astype(np.int64)) if opts["data_dir"] is None else None
+
+    def window(data, starts):
+        if train_t is not None and data is train:
+            idx = torch.as_tensor(starts).view(-1, 1) + torch.arange(T + 1)
+            rows = train_t[idx]
+        else:
+            rows = torch.from_numpy(
+                np.stack([np.asarray(data[i : i + T + 1], dtype=np.int64) for i in starts])
+            )
+        rows = rows.to(device)
+        return rows[:, :-1], rows[:, 1:]
+
+    def sample(gen):
+        return window(train, torch.randint(len(train) - T - 1, (B,), generator=gen).tolist())
+
+    def eval_batches(n=None):
+        n = n or 64
+        starts = np.linspace(0, len(val) - T - 1, n).astype(np.int64).tolist()
+        return [window(val, starts[i : i + B]) for i in range(0, n, B)]
+
+    return Task(
+        name="gpt",
+        options=opts,
+        model=model,
+        loss_fn=lm_loss,
+        sample=sample,
+        eval_batches=eval_batches,
+        defaults=dict(lr=1e-3, betas=(0.9, 0.95), batch_size=B, schedule="cosine",
+                      warmup=None, eval_examples=64),
+    )
+
+
+def _resnet(options, seed, dtype, device) -> Task:
+    from hessnorm.train.data import load_cifar10, load_digits_split, random_crop_flip
+    from hessnorm.train.resnet import ResNet
+
+    opts = {"dataset": "digits", "data_dir": None, "width": 8, "stages": 2,
+            "batch_size": 64} | options
+    if opts["dataset"] == "digits":
+        x_tr, y_tr, x_ev, y_ev = load_digits_split()
+        augment = False
+    elif opts["dataset"] == "cifar10":
+        if not opts["data_dir"]:
+            raise ConfigError("dataset 'cifar10' needs data_dir: a folder with CIFAR-10 batches.")
+        x_tr, y_tr, x_ev, y_ev = load_cifar10(opts["data_dir"])
+        augment = True
+    else:
+        raise ConfigError(f"unknown resnet dataset {opts['dataset']!r}; use 'digits' or 'cifar10'.")
+    model = _seeded(
+        seed,
+        lambda: ResNet(in_channels=x_tr.shape[1], width=int(opts["width"]),
+                       stages=int(opts["stages"])),
+    ).to(device=device, dtype=dtype)
+    B = int(opts["batch_size"])
+
+    def sample(gen):
+        idx = torch.randint(len(y_tr), (B,), generator=gen)
+        x = x_tr[idx]
+        if augment:
+            x = random_crop_flip(x, gen)
+        return x.to(device=device, dtype=dtype), y_tr[idx].to(device)
+
+    def eval_batches(n=None):
+        n = min(n or len(y_ev), len(y_ev))
+        return [
+            (x_ev[i : min(i + B, n)].to(device=device, dtype=dtype), y_ev[i : min(i + B, n)].to(device))
+            for i in range(0, n, B)
+        ]
+
+    return Task(
+        name="resnet",
+        options=opts,
+        model=model,
+        loss_fn=lambda out, y: F.cross_entropy(out.float(), y),
+        sample=sample,
+        eval_batches=eval_batches,
+        defaults=dict(lr=1e-3, betas=(0.9, 0.99), batch_size=B, schedule="cosine",
+                      warmup=0, eval_examples=None),
+    )
+
+
+def build_task(
+    name: str,
+    options: dict | None = None,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Task:
+    """Task ``name`` with ``options`` (see the module docstring); weights seeded by ``seed``."""
+    builders = {"quadratic": _quadratic, "gpt": _gpt, "resnet": _resnet}
+    if name not in builders:
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.")
+    return builders[name](dict(options or {}), int(seed), dtype, torch.device(device))
+
+
+def cosine_lr(step: int, *, lr: float, steps: int, warmup: int, min_ratio: float = 0.1) -> float:
+    """nanoGPT's schedule: linear warmup to lr, cosine decay to lr·min_ratio at the end."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if steps <= warmup:
+        return lr
+    ratio = min(1.0, (step - warmup) / max(1, steps - warmup))
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return lr * min_ratio + coeff * (lr - lr * min_ratio)
