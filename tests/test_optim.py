@@ -90,8 +90,9 @@ def test_adam_and_signgd_are_permutation_invariant():
     for make in (
         lambda ps: torch.optim.Adam(ps, lr=0.05, betas=(0.9, 0.99)),
         lambda ps: SignGD(ps, lr=0.01, momentum=0.5),
-        lambda ps: BlockwiseAdam(ps, torch.arange(D), lr=0.05, bias_correction=False,
-                                 eps_inside=True),
+        lambda ps: BlockwiseAdam(
+            ps, torch.arange(D), lr=0.05, bias_correction=False, eps_inside=True
+        ),
     ):
         xs = _run(make, h, x0)
         xs_perm = _run(make, h[perm][:, perm], x0[perm])  # L∘P from Pᵀx0, exactly
@@ -185,15 +186,34 @@ def test_paper_algorithm_3_as_written(blocks):
     kw = dict(lr=0.02, b1=0.9, b2=0.99, eps=1e-6, v0=0.3)
     ref = _reference_blockwise(x0, lambda x: h @ x, labels, steps=STEPS, **kw)
     mine = _run(
-        lambda ps: BlockwiseAdam(ps, labels, lr=kw["lr"], betas=(kw["b1"], kw["b2"]),
-                                 eps=kw["eps"], bias_correction=False, eps_inside=True,
-                                 v0=kw["v0"]),
-        h, x0,
+        lambda ps: BlockwiseAdam(
+            ps,
+            labels,
+            lr=kw["lr"],
+            betas=(kw["b1"], kw["b2"]),
+            eps=kw["eps"],
+            bias_correction=False,
+            eps_inside=True,
+            v0=kw["v0"],
+        ),
+        h,
+        x0,
     )
     assert (mine - ref).abs().max().item() < 1e-12
     if blocks == "single":
-        ada = _run(lambda ps: AdaSGD(ps, lr=0.02, betas=(0.9, 0.99), eps=1e-6,
-                                     bias_correction=False, eps_inside=True, v0=0.3), h, x0)
+        ada = _run(
+            lambda ps: AdaSGD(
+                ps,
+                lr=0.02,
+                betas=(0.9, 0.99),
+                eps=1e-6,
+                bias_correction=False,
+                eps_inside=True,
+                v0=0.3,
+            ),
+            h,
+            x0,
+        )
         assert torch.equal(ada, mine)
 
 
@@ -277,18 +297,25 @@ def test_make_optimizer_names_and_errors():
     with pytest.raises(SelectionError, match="every id used"):
         BlockwiseAdam([torch.zeros(3, requires_grad=True)], torch.tensor([0, 2, 2]))
     with pytest.raises(ConfigError, match="weight_decay=0"):
-        Rotated(list(model.parameters()), lambda ps: torch.optim.AdamW(ps, weight_decay=0.1),
-                _Dense(torch.eye(_n_params(model), dtype=torch.float64)))
+        Rotated(
+            list(model.parameters()),
+            lambda ps: torch.optim.AdamW(ps, weight_decay=0.1),
+            _Dense(torch.eye(_n_params(model), dtype=torch.float64)),
+        )
     with pytest.raises(ShapeError, match="R\\^3"):
-        Rotated(list(model.parameters()), lambda ps: torch.optim.Adam(ps),
-                _Dense(torch.eye(3, dtype=torch.float64)))
+        Rotated(
+            list(model.parameters()),
+            lambda ps: torch.optim.Adam(ps),
+            _Dense(torch.eye(3, dtype=torch.float64)),
+        )
 
 
 def test_rotated_adam_by_name():
     pytest.importorskip("hessnorm.rotation")
     model = _MLP().double()
-    opt = make_optimizer("rotated-adam", model.named_parameters(), lr=1e-3,
-                         rotation="randperm:depth=2,seed=0")
+    opt = make_optimizer(
+        "rotated-adam", model.named_parameters(), lr=1e-3, rotation="randperm:depth=2,seed=0"
+    )
     assert isinstance(opt, Rotated)
     with pytest.raises(ConfigError, match="unknown rotation"):
         make_optimizer("rotated-adam", model.named_parameters(), lr=1e-3, rotation="spin:x=1")

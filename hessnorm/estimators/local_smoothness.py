@@ -272,11 +272,12 @@ def local_smoothness_along_run(
     """
     import pandas as pd
 
-    from hessnorm.operator import HessianOperator
-    from hessnorm.train import rebuild
-
     run_dir = Path(run_dir)
     ckpts = _checkpoints(run_dir)
+    _grid(alpha)  # fail on a bad alpha before rebuilding any model
+
+    from hessnorm.operator import HessianOperator
+    from hessnorm.train import rebuild
 
     def operator(path: Path):
         model, batches, loss_fn, _meta = rebuild(path, eval_examples=eval_examples)

@@ -155,9 +155,7 @@ class BlockwiseAdam(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
         ref = params[0]
-        grads = [
-            p.grad if p.grad is not None else torch.zeros_like(p) for p in params
-        ]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         first["step"] += 1
         t = float(first["step"])
         labels = self.labels.to(ref.device)

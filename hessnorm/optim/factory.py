@@ -105,8 +105,15 @@ def make_optimizer(
 
     def adam(ps, wd):
         if paper_style:
-            return BlockwiseAdam(ps, torch.arange(sum(p.numel() for p in ps)), lr=lr,
-                                 betas=betas, eps=eps, weight_decay=wd, **paper)
+            return BlockwiseAdam(
+                ps,
+                torch.arange(sum(p.numel() for p in ps)),
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=wd,
+                **paper,
+            )
         if wd:
             return torch.optim.AdamW(ps, lr=lr, betas=betas, eps=eps, weight_decay=wd)
         return torch.optim.Adam(ps, lr=lr, betas=betas, eps=eps)
@@ -117,8 +124,9 @@ def make_optimizer(
         return AdaSGD(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **paper)
     if name == "blockwise-adam":
         part = make_partition(partition, {n: p.shape for n, p in named})
-        return BlockwiseAdam(params, part, lr=lr, betas=betas, eps=eps,
-                             weight_decay=weight_decay, **paper)
+        return BlockwiseAdam(
+            params, part, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **paper
+        )
     if name == "rotated-adam":
         R = parse_rotation(rotation, d)
         return Rotated(params, lambda ps: adam(ps, 0.0), R, weight_decay=weight_decay)

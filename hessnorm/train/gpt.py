@@ -60,9 +60,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         if config.n_embd % config.n_head:
-            raise ValueError(
-                f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}."
-            )
+            raise ValueError(f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}.")
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -159,5 +157,10 @@ class GPT(nn.Module):
 
 
 def lm_loss(logits, targets):
-    """Mean next-token cross-entropy over every position of the batch."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    """Mean next-token cross-entropy over every position of the batch.
+
+    Half-precision logits (bf16 autocast) are upcast to float32; float64 stays float64.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))

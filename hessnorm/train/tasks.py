@@ -110,8 +110,9 @@ def _quadratic(options, seed, dtype, device) -> Task:
         loss_fn=quadratic_loss,
         sample=lambda gen: batch,
         eval_batches=lambda n=None: [batch],
-        defaults=dict(lr=0.01, betas=(0.9, 0.99), batch_size=1, schedule="constant",
-                      warmup=0, eval_examples=1),
+        defaults=dict(
+            lr=0.01, betas=(0.9, 0.99), batch_size=1, schedule="constant", warmup=0, eval_examples=1
+        ),
     )
 
 
@@ -156,17 +157,35 @@ def _gpt(options, seed, dtype, device) -> Task:
         loss_fn=lm_loss,
         sample=sample,
         eval_batches=eval_batches,
-        defaults=dict(lr=1e-3, betas=(0.9, 0.95), batch_size=B, schedule="cosine",
-                      warmup=None, eval_examples=64),
+        defaults=dict(
+            lr=1e-3,
+            betas=(0.9, 0.95),
+            batch_size=B,
+            schedule="cosine",
+            warmup=None,
+            eval_examples=64,
+        ),
     )
+
+
+def _classification_loss(outputs, targets):
+    """Mean cross-entropy; bf16/fp16 logits are upcast to float32, float64 is kept."""
+    if outputs.dtype in (torch.float16, torch.bfloat16):
+        outputs = outputs.float()
+    return F.cross_entropy(outputs, targets)
 
 
 def _resnet(options, seed, dtype, device) -> Task:
     from hessnorm.train.data import load_cifar10, load_digits_split, random_crop_flip
     from hessnorm.train.resnet import ResNet
 
-    opts = {"dataset": "digits", "data_dir": None, "width": 8, "stages": 2,
-            "batch_size": 64} | options
+    opts = {
+        "dataset": "digits",
+        "data_dir": None,
+        "width": 8,
+        "stages": 2,
+        "batch_size": 64,
+    } | options
     if opts["dataset"] == "digits":
         x_tr, y_tr, x_ev, y_ev = load_digits_split()
         augment = False
@@ -179,8 +198,9 @@ def _resnet(options, seed, dtype, device) -> Task:
         raise ConfigError(f"unknown resnet dataset {opts['dataset']!r}; use 'digits' or 'cifar10'.")
     model = _seeded(
         seed,
-        lambda: ResNet(in_channels=x_tr.shape[1], width=int(opts["width"]),
-                       stages=int(opts["stages"])),
+        lambda: ResNet(
+            in_channels=x_tr.shape[1], width=int(opts["width"]), stages=int(opts["stages"])
+        ),
     ).to(device=device, dtype=dtype)
     B = int(opts["batch_size"])
 
@@ -194,7 +214,10 @@ def _resnet(options, seed, dtype, device) -> Task:
     def eval_batches(n=None):
         n = min(n or len(y_ev), len(y_ev))
         return [
-            (x_ev[i : min(i + B, n)].to(device=device, dtype=dtype), y_ev[i : min(i + B, n)].to(device))
+            (
+                x_ev[i : min(i + B, n)].to(device=device, dtype=dtype),
+                y_ev[i : min(i + B, n)].to(device),
+            )
             for i in range(0, n, B)
         ]
 
@@ -202,11 +225,17 @@ def _resnet(options, seed, dtype, device) -> Task:
         name="resnet",
         options=opts,
         model=model,
-        loss_fn=lambda out, y: F.cross_entropy(out.float(), y),
+        loss_fn=_classification_loss,
         sample=sample,
         eval_batches=eval_batches,
-        defaults=dict(lr=1e-3, betas=(0.9, 0.99), batch_size=B, schedule="cosine",
-                      warmup=0, eval_examples=None),
+        defaults=dict(
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            batch_size=B,
+            schedule="cosine",
+            warmup=0,
+            eval_examples=None,
+        ),
     )
 
 
