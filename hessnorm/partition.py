@@ -38,14 +38,18 @@ def _named_shapes(obj: Any) -> dict[str, tuple[int, ...]]:
         for name, val in obj.items():
             if isinstance(val, slice):
                 if val.step not in (None, 1):
-                    raise SelectionError(f"the slice of {name!r} has step {val.step}; flat slices must be contiguous")
+                    raise SelectionError(
+                        f"the slice of {name!r} has step {val.step}; flat slices must be contiguous"
+                    )
                 out[name] = (int(val.stop) - int(val.start),)
             elif isinstance(val, Tensor):
                 out[name] = tuple(val.shape)
             else:
                 out[name] = tuple(int(s) for s in val)
         if not out:
-            raise SelectionError("the mapping of parameter shapes is empty: there is nothing to partition")
+            raise SelectionError(
+                "the mapping of parameter shapes is empty: there is nothing to partition"
+            )
         return out
     raise SelectionError(
         f"expected a HessianOperator or a mapping name -> shape, got {type(obj).__name__}; "
@@ -80,19 +84,25 @@ class Partition:
     Example:
         >>> p = Partition.from_labels([5, 5, 2, 7])
         >>> p.n_blocks, p.sizes.tolist(), p.labels.tolist()
-        (3, [1, 2, 1], [1, 1, 0, 2])
+        (3, [2, 1, 1], [0, 0, 1, 2])
     """
 
-    def __init__(self, labels, names: Sequence[str] | None = None, spec: dict | None = None) -> None:
+    def __init__(
+        self, labels, names: Sequence[str] | None = None, spec: dict | None = None
+    ) -> None:
         lab = torch.as_tensor(labels)
         if lab.dim() != 1 or lab.numel() == 0:
-            raise SelectionError(f"partition labels must be a non-empty 1-D tensor, got shape {tuple(lab.shape)}")
+            raise SelectionError(
+                f"partition labels must be a non-empty 1-D tensor, got shape {tuple(lab.shape)}"
+            )
         if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
             raise SelectionError(f"partition labels must be integers, got dtype {lab.dtype}")
         lab = lab.to(device="cpu", dtype=torch.long)
         lo, hi = int(lab.min()), int(lab.max())
         if lo < 0:
-            raise SelectionError(f"partition labels must be >= 0, found {lo}; use Partition.from_labels to relabel")
+            raise SelectionError(
+                f"partition labels must be >= 0, found {lo}; use Partition.from_labels to relabel"
+            )
         counts = torch.bincount(lab, minlength=hi + 1)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
@@ -167,7 +177,9 @@ class Partition:
         shapes = _named_shapes(op_or_shapes)
         sizes = [math.prod(s) for s in shapes.values()]
         labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        return cls(labels, names=list(shapes), spec={"kind": "by_tensor", "shapes": _jsonable(shapes)})
+        return cls(
+            labels, names=list(shapes), spec={"kind": "by_tensor", "shapes": _jsonable(shapes)}
+        )
 
     @classmethod
     def by_row(cls, op_or_shapes: Any) -> Partition:
@@ -226,7 +238,9 @@ class Partition:
         names_sorted = [""] * len(block_names)
         for old, new in enumerate(remap.tolist()):
             names_sorted[new] = block_names[old]
-        return cls(remap[labels], names=names_sorted, spec={"kind": "by_row", "shapes": _jsonable(shapes)})
+        return cls(
+            remap[labels], names=names_sorted, spec={"kind": "by_row", "shapes": _jsonable(shapes)}
+        )
 
     @classmethod
     def from_labels(cls, labels, names: Sequence[str] | None = None) -> Partition:
@@ -242,7 +256,9 @@ class Partition:
         return cls(rank[inverse], names=names)
 
     @classmethod
-    def from_blocks(cls, blocks: Sequence[Sequence[int] | Tensor], d: int | None = None, names=None) -> Partition:
+    def from_blocks(
+        cls, blocks: Sequence[Sequence[int] | Tensor], d: int | None = None, names=None
+    ) -> Partition:
         """Build from index arrays, checking each coordinate lies in exactly one block.
 
         Raises:
@@ -253,11 +269,15 @@ class Partition:
         idx = [torch.as_tensor(b, dtype=torch.long).reshape(-1) for b in blocks]
         for i, b in enumerate(idx):
             if b.numel() == 0:
-                raise SelectionError(f"block {i} is empty; every block needs at least one coordinate")
+                raise SelectionError(
+                    f"block {i} is empty; every block needs at least one coordinate"
+                )
         flat = torch.cat(idx)
         d = int(flat.max()) + 1 if d is None else int(d)
         if int(flat.min()) < 0 or int(flat.max()) >= d:
-            raise SelectionError(f"block indices must lie in [0, {d}), found {int(flat.min())}..{int(flat.max())}")
+            raise SelectionError(
+                f"block indices must lie in [0, {d}), found {int(flat.min())}..{int(flat.max())}"
+            )
         count = torch.bincount(flat, minlength=d)
         missing = torch.nonzero(count == 0).flatten()
         repeated = torch.nonzero(count > 1).flatten()
@@ -285,7 +305,11 @@ class Partition:
         if kind == "single":
             return cls.single(spec["d"])
         if kind in ("by_tensor", "by_row"):
-            shapes = named_shapes if named_shapes is not None else {k: tuple(v) for k, v in spec["shapes"].items()}
+            shapes = (
+                named_shapes
+                if named_shapes is not None
+                else {k: tuple(v) for k, v in spec["shapes"].items()}
+            )
             return getattr(cls, kind)(shapes)
         if kind == "labels":
             return cls(spec["labels"])

@@ -52,7 +52,13 @@ def table1_hessian(t: float, seed: int = 0) -> torch.Tensor:
 
 
 def table1_rows(
-    *, seed: int = 0, n: int = 50, search_n: bool = True, max_n: int = 6400, target: float = 0.05, progress=False
+    *,
+    seed: int = 0,
+    n: int = 50,
+    search_n: bool = True,
+    max_n: int = 6400,
+    target: float = 0.05,
+    progress=False,
 ):
     """One dict per t: exact and estimated (1,1)-norm/d, interval, and the n for a 5% interval."""
     rows = []

@@ -78,9 +78,13 @@ class _Rotation:
 
     def _check(self, x: Tensor) -> tuple[Tensor, bool]:
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise ShapeError(f"rotations act on floating tensors, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+            raise ShapeError(
+                f"rotations act on floating tensors, got {type(x).__name__} {getattr(x, 'dtype', '')}"
+            )
         if x.dim() not in (1, 2) or x.shape[-1] != self.d:
-            raise ShapeError(f"x has shape {tuple(x.shape)}; this rotation acts on ({self.d},) or (k, {self.d})")
+            raise ShapeError(
+                f"x has shape {tuple(x.shape)}; this rotation acts on ({self.d},) or (k, {self.d})"
+            )
         return (x.unsqueeze(0), True) if x.dim() == 1 else (x, False)
 
     def apply(self, x: Tensor) -> Tensor:
@@ -184,7 +188,10 @@ class RandPerm(_Rotation):
         key = (str(device), dtype)
         if key not in self._cache:
             perms = [p.to(device) for p in self._perms]
-            mats = [[[q.to(device=device, dtype=dtype) for q in part] for part in layer] for layer in self._mats]
+            mats = [
+                [[q.to(device=device, dtype=dtype) for q in part] for part in layer]
+                for layer in self._mats
+            ]
             self._cache[key] = (perms, mats)
         return self._cache[key]
 
@@ -200,7 +207,7 @@ class RandPerm(_Rotation):
                 out.append(part @ (q if transpose else q.T))
                 continue
             s1, s2, s3 = shape
-            q1, q2, q3 = ((q.T for q in qs) if transpose else qs)
+            q1, q2, q3 = (q.T for q in qs) if transpose else qs
             y = part.reshape(k, s1, s2, s3) @ q3.T  # axis 3
             y = torch.matmul(q2, y)  # axis 2: (s2, s2) @ (k, s1, s2, s3)
             y = torch.matmul(q1, y.reshape(k, s1, s2 * s3))  # axis 1

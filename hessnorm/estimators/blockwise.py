@@ -153,24 +153,50 @@ def blockwise_smoothness(
         from hessnorm.estimators.cauchy import l11_norm
 
         e = l11_norm(op, n=n_cauchy, seed=seed, confidence=confidence, progress=progress)
-        return _rename(e, t0, {"method": "cauchy (coordinates: S = ‖H‖₁,₁)", "n_blocks": B, "diagonal_part": None})
+        return _rename(
+            e,
+            t0,
+            {"method": "cauchy (coordinates: S = ‖H‖₁,₁)", "n_blocks": B, "diagonal_part": None},
+        )
     if method == "auto" and B == 1:
         from hessnorm.estimators.lanczos import spectral_norm
 
         e = spectral_norm(op, tol=tol, seed=seed, progress=progress)
-        details = {"method": "lanczos (single block: S = d‖H‖₂)", "n_blocks": 1, "spectral_norm": e.value}
+        details = {
+            "method": "lanczos (single block: S = d‖H‖₂)",
+            "n_blocks": 1,
+            "spectral_norm": e.value,
+        }
         details["diagonal_part"] = d * e.value
         details["diagonal_part_high"] = d * e.high
-        return Estimate("blockwise_smoothness", d * e.value, d * e.low, d * e.high, e.confidence, e.n_hvp,
-                        time.perf_counter() - t0, d, details)
+        return Estimate(
+            "blockwise_smoothness",
+            d * e.value,
+            d * e.low,
+            d * e.high,
+            e.confidence,
+            e.n_hvp,
+            time.perf_counter() - t0,
+            d,
+            details,
+        )
     return _randomized(op, partition, seed, rank, power_steps, confidence, progress, t0)
 
 
 def _rename(e: Estimate, t0: float, extra: dict) -> Estimate:
     details = dict(e.details)
     details.update(extra)
-    return Estimate("blockwise_smoothness", e.value, e.low, e.high, e.confidence, e.n_hvp,
-                    time.perf_counter() - t0, e.d, details)
+    return Estimate(
+        "blockwise_smoothness",
+        e.value,
+        e.low,
+        e.high,
+        e.confidence,
+        e.n_hvp,
+        time.perf_counter() - t0,
+        e.d,
+        details,
+    )
 
 
 def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) -> Estimate:
@@ -192,7 +218,9 @@ def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) 
     res = torch.zeros(B, B, dtype=torch.float64)
     n_hvp = 0
     hmt = _HMT_ALPHA * math.sqrt(2.0 / math.pi)
-    with tqdm(total=B, desc="blockwise_smoothness: block columns", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=B, desc="blockwise_smoothness: block columns", disable=not progress, leave=False
+    ) as bar:
         # Exact (small) block columns are probed with identity columns, many blocks per HVP call.
         group: list[int] = []
         exact_ids = [j for j in range(B) if exact_cols[j]]
@@ -201,7 +229,9 @@ def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) 
             if sum(sizes[i] for i in group) < 256 and pos + 1 < len(exact_ids):
                 continue
             idx = torch.cat([blocks[i] for i in group]).to(op.device)
-            Y = op.hvp(_embed(torch.eye(len(idx), dtype=torch.float64), idx, d, op.dtype, op.device))
+            Y = op.hvp(
+                _embed(torch.eye(len(idx), dtype=torch.float64), idx, d, op.dtype, op.device)
+            )
             n_hvp += len(idx)
             start = 0
             for i in group:
@@ -243,7 +273,9 @@ def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) 
     sz = partition.sizes.double()
     all_exact = all(exact_cols)
     details = {
-        "method": "exact block columns" if all_exact else "randomized block range finder + HMT bound",
+        "method": "exact block columns"
+        if all_exact
+        else "randomized block range finder + HMT bound",
         "n_blocks": B,
         "diagonal_part": float((sz * low_sym.diagonal()).sum()),
         "diagonal_part_high": float((sz * high_sym.diagonal()).sum()),

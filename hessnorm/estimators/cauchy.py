@@ -60,7 +60,7 @@ __all__ = ["l11_norm", "cauchy_scale_bias"]
 _METHODS = ("median", "iqr")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _order_stat_mean(k: int, n: int, signed: bool) -> float:
     """E[X_(k)] for n i.i.d. |Cauchy(0,1)| (signed=False) or Cauchy(0,1) (signed=True).
 
@@ -109,7 +109,9 @@ def cauchy_scale_bias(n: int, method: str = "median") -> float:
     """
     if method == "median":
         if n < 3:
-            raise ConfigError(f"the median estimator needs n >= 3 probes (its mean is infinite below), got {n}")
+            raise ConfigError(
+                f"the median estimator needs n >= 3 probes (its mean is infinite below), got {n}"
+            )
         if n % 2:
             return _order_stat_mean((n + 1) // 2, n, False)
         return 0.5 * (_order_stat_mean(n // 2, n, False) + _order_stat_mean(n // 2 + 1, n, False))
@@ -275,10 +277,14 @@ def l11_norm(
             k = min(chunk_size, n - start)
             V = torch.empty(k, d, dtype=op.dtype, device=op.device)
             for i in range(k):
-                V[i] = torch.empty(d, dtype=torch.float64).cauchy_(generator=g).to(op.device, op.dtype)
+                V[i] = (
+                    torch.empty(d, dtype=torch.float64).cauchy_(generator=g).to(op.device, op.dtype)
+                )
             HV = op.hvp(V)
             if not torch.isfinite(HV).all():
-                raise NonFiniteError("a Hessian-vector product with a Cauchy probe is not finite; try float64")
+                raise NonFiniteError(
+                    "a Hessian-vector product with a Cauchy probe is not finite; try float64"
+                )
             Y[start : start + k] = HV.to(device=store_device, dtype=store_dtype)
             bar.update(k)
             del V, HV
@@ -296,7 +302,9 @@ def l11_norm(
         1, boot_idx, torch.ones(n_boot, n, dtype=torch.int32)
     )
     boot_sum = torch.zeros(n_boot, dtype=torch.float64)
-    with tqdm(total=d, desc="l11_norm: medians + bootstrap", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=d, desc="l11_norm: medians + bootstrap", disable=not progress, leave=False
+    ) as bar:
         for c0 in range(0, d, col):
             c1 = min(d, c0 + col)
             values, order = _sorted_columns(Y[:, c0:c1].to(dtype=work_dtype), method)
@@ -308,7 +316,9 @@ def l11_norm(
                     per_tensor[name] += float(rows[lo - c0 : hi - c0].sum())
             for b0 in range(0, n_boot, boot_batch):
                 counts = counts_all[b0 : b0 + boot_batch].to(values.device)
-                boot_sum[b0 : b0 + len(counts)] += _boot_stat_sums(values, order, counts, method).cpu()
+                boot_sum[b0 : b0 + len(counts)] += _boot_stat_sums(
+                    values, order, counts, method
+                ).cpu()
             bar.update(c1 - c0)
     del Y
 
@@ -318,7 +328,9 @@ def l11_norm(
     if n_boot > 0:
         reps = boot_sum / scale
         alpha = 1.0 - confidence
-        q_lo, q_hi = torch.quantile(reps, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)).tolist()
+        q_lo, q_hi = torch.quantile(
+            reps, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
+        ).tolist()
         low, high = q_lo, q_hi
         se = float(reps.std())
     else:

@@ -78,7 +78,9 @@ def _start_vector(d: int, seed: int, dtype, device) -> Tensor:
     return (v / v.norm()).to(device=device, dtype=dtype)
 
 
-def lanczos(op, *, max_iter: int = 200, seed: int = 0, stop=None, keep_basis: bool = False, progress=None):
+def lanczos(
+    op, *, max_iter: int = 200, seed: int = 0, stop=None, keep_basis: bool = False, progress=None
+):
     """Run Lanczos with full re-orthogonalisation on a Hessian-like operator.
 
     Cost: one HVP per iteration, at most ``min(max_iter, d)`` HVPs. Memory: the
@@ -112,7 +114,9 @@ def lanczos(op, *, max_iter: int = 200, seed: int = 0, stop=None, keep_basis: bo
     for j in range(m_max):
         w = op.hvp(Q[j])
         if not torch.isfinite(w).all():
-            raise NonFiniteError("a Hessian-vector product in Lanczos is not finite; try float64 or check the model")
+            raise NonFiniteError(
+                "a Hessian-vector product in Lanczos is not finite; try float64 or check the model"
+            )
         a = float(torch.dot(Q[j].double(), w.double()))
         alphas.append(a)
         # Full re-orthogonalisation against every previous vector, twice ("twice is enough").
@@ -126,7 +130,9 @@ def lanczos(op, *, max_iter: int = 200, seed: int = 0, stop=None, keep_basis: bo
             progress.update(1)
         if b <= 10 * eps * scale or b == 0.0:
             breakdown = True
-        theta, _, resid = _ritz(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
+        theta, _, resid = _ritz(
+            torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+        )
         if breakdown:
             resid = torch.zeros_like(resid)
         if breakdown or (stop is not None and stop(theta, resid)) or j + 1 == m_max:
@@ -161,7 +167,9 @@ def _norm_bounds(theta: Tensor, resid: Tensor) -> tuple[float, float]:
     return low, high
 
 
-def spectral_norm(op, *, tol: float = 1e-4, max_iter: int = 200, seed: int = 0, progress: bool = True) -> Estimate:
+def spectral_norm(
+    op, *, tol: float = 1e-4, max_iter: int = 200, seed: int = 0, progress: bool = True
+) -> Estimate:
     """‖H‖₂ = max(|λ_max|, |λ_min|) by Lanczos with full re-orthogonalisation.
 
     Stops as soon as the interval [low, high] (module docstring) has relative width
@@ -256,7 +264,9 @@ _WHICH = ("LM", "LA", "SA")
 
 def _select(theta: Tensor, k: int, which: str) -> Tensor:
     if which == "LA":
-        return torch.arange(len(theta) - 1, len(theta) - 1 - k, -1).clamp(min=0)[: min(k, len(theta))]
+        return torch.arange(len(theta) - 1, len(theta) - 1 - k, -1).clamp(min=0)[
+            : min(k, len(theta))
+        ]
     if which == "SA":
         return torch.arange(min(k, len(theta)))
     return torch.argsort(theta.abs(), descending=True, stable=True)[:k]
@@ -304,7 +314,9 @@ def top_eigenpairs(
         return bool((resid[idx] <= tol * theta.abs().max()).all())
 
     with _bar(progress, min(max_iter, op.d), f"top_eigenpairs (k={k})") as bar:
-        st = lanczos(op, max_iter=max(max_iter, k), seed=seed, stop=stop, keep_basis=True, progress=bar)
+        st = lanczos(
+            op, max_iter=max(max_iter, k), seed=seed, stop=stop, keep_basis=True, progress=bar
+        )
     theta, S, resid = _ritz(st.alpha, st.beta)
     if st.breakdown:
         resid = torch.zeros_like(resid)

@@ -310,6 +310,9 @@ def train(cfg: TrainConfig) -> dict:
         last_ckpt = existing[-1][1] if existing else None
 
         def save(step):
+            # metrics first: a kill between the two writes leaves rows past the last
+            # checkpoint, which resume drops; the other order would lose rows
+            _write_metrics(out / "metrics.csv", rows, columns)
             path = out / checkpoint_name(step)
             save_checkpoint(
                 path,
@@ -322,7 +325,6 @@ def train(cfg: TrainConfig) -> dict:
                     elapsed=elapsed,
                 ),
             )
-            _write_metrics(out / "metrics.csv", rows, columns)
             return path
 
         bar = None

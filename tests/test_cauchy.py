@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from hessnorm.errors import ConfigError
+from hessnorm.estimators import exact
+from hessnorm.estimators.cauchy import cauchy_scale_bias, l11_norm
+from hessnorm.reproduce_l11 import table1_hessian
+
+
+def _rank3(d=500):
+    g = torch.Generator().manual_seed(5)
+    U = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64))[0]
+    return U @ torch.diag(torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64)) @ U.T
+
+
+@pytest.mark.parametrize("method", ["median", "iqr"])
+def test_bias_factor_matches_monte_carlo(method):
+    g = torch.Generator().manual_seed(0)
+    X = torch.empty(50, 200_000, dtype=torch.float64).cauchy_(generator=g)
+    if method == "median":
+        stat = X.abs().median(dim=0).values * 0 + X.abs().sort(dim=0).values[24:26].mean(dim=0)
+    else:
+        q = torch.quantile(X[:, :50_000], torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0)
+        stat = (q[1] - q[0]) / 2
+    se = stat.std() / stat.numel() ** 0.5
+    assert abs(stat.mean() - cauchy_scale_bias(50, method)) < 4 * se
+
+
+def test_coverage_over_seeds(problems):
+    """Pooled over real Hessians and a low-rank case, the 95% interval covers ~95%."""
+    cases = {
+        "mlp": problems["mlp"][1],
+        "conv_bn": problems["conv_bn"][1],
+        "rank3": _rank3(),
+        "rotated_quadratic": table1_hessian(0.1),
+    }
+    hits, total = {}, 0
+    for name, H in cases.items():
+        truth = exact.l11_norm(H)
+        hits[name] = sum(l11_norm(H, n=50, seed=s, progress=False).covers(truth) for s in range(40))
+        total += 40
+    rate = sum(hits.values()) / total
+    assert 0.88 <= rate <= 0.99, hits
+    assert min(hits.values()) >= 33, hits  # no single case badly under-covered
+
+
+def test_error_shrinks_like_inverse_sqrt_n(problems):
+    H = problems["mlp"][1]
+    truth = exact.l11_norm(H)
+
+    def rmse(n, seeds):
+        errs = torch.tensor(
+            [l11_norm(H, n=n, seed=s, n_boot=0, progress=False).value / truth - 1 for s in seeds]
+        )
+        return errs.pow(2).mean().sqrt().item(), errs.mean().item()
+
+    r50, _ = rmse(50, range(30))
+    r2000, bias2000 = rmse(2000, range(10))
+    assert 4.0 < r50 / r2000 < 10.0, (r50, r2000)  # √40 ≈ 6.3
+    assert abs(bias2000) < 3 * r2000 / 10**0.5 + 1e-3
+
+
+def test_real_operator_equals_dense_and_per_tensor(problems):
+    op, H = problems["transformer"]
+    a = l11_norm(op, n=50, seed=3, progress=False)
+    b = l11_norm(H, n=50, seed=3, progress=False)
+    assert abs(a.value - b.value) / b.value < 1e-9 and abs(a.low - b.low) / b.low < 1e-9
+    assert set(a.details["per_tensor"]) == set(op.param_names)
+    assert abs(sum(a.details["per_tensor"].values()) - a.value) < 1e-9 * a.value
+    assert a.n_hvp == 50
+    # same seed, same value; chunking does not change the probes
+    c = l11_norm(op, n=50, seed=3, chunk_size=7, progress=False)
+    assert c.value == pytest.approx(a.value, rel=1e-12)
+
+
+def test_raw_value_is_algorithm_4_and_store_dtype(problems):
+    H = problems["mlp"][1]
+    e = l11_norm(H, n=51, seed=1, progress=False)
+    raw = l11_norm(H, n=51, seed=1, debias=False, progress=False)
+    assert raw.value == pytest.approx(e.details["raw_value"]) and e.value == pytest.approx(
+        raw.value / cauchy_scale_bias(51)
+    )
+    half = l11_norm(H, n=51, seed=1, store_dtype=torch.bfloat16, progress=False)
+    assert abs(half.value / e.value - 1) < 0.01  # bf16 keeps ~3 digits per entry
+    iqr = l11_norm(H, n=51, seed=1, method="iqr", progress=False)
+    assert iqr.covers(exact.l11_norm(H))
+
+
+def test_errors():
+    H = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="n >= 3"):
+        l11_norm(H, n=2)
+    with pytest.raises(ConfigError, match="method must be one of"):
+        l11_norm(H, method="mean")
+    with pytest.raises(ConfigError, match="confidence"):
+        l11_norm(H, confidence=1.5)
