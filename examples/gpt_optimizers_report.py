@@ -2,9 +2,11 @@
 
 Paper 000's Fig. 1 / Table 2 experiment at laptop scale: the same tiny GPT (byte-level
 tokens from the Python standard library's sources, no download) is trained with three
-optimizers at the same learning rate; the last checkpoint of each run is analyzed
-(‖H‖₂, ‖H‖₁,₁, and for rotated Adam the Hessian of the loss it optimized, L∘R); and a
-report with loss curves, the norms table and per-tensor (1,1)-mass is written.
+optimizers at the same learning rate; each run is analyzed at mid-training and at
+the end (‖H‖₂, ‖H‖₁,₁, and for rotated Adam the Hessian of the loss it optimized,
+L∘R); and a report with loss curves, the norms table, estimates along training, per-tensor
+(1,1)-mass and Adam's (gradient norm, local smoothness) points with their (L0, L1)
+fit (paper 003) is written.
 
     python examples/gpt_optimizers_report.py --out runs/gpt_example        # a few minutes
     python examples/gpt_optimizers_report.py --out /tmp/gpt_small --small  # ~30 s
@@ -30,13 +32,14 @@ def main(out: Path, small: bool = False) -> Path:
         run = out / opt
         cfg = TrainConfig(
             task="gpt", optimizer=opt, steps=steps, lr=3e-3, out=str(run), seed=0,
-            ckpt_every=steps, eval_every=max(1, steps // 10), progress=not small,
+            ckpt_every=steps // 2, eval_every=max(1, steps // 10), progress=not small,
+            # Adam also records (‖∇f‖, local smoothness) pairs for the (L0, L1) view
+            record_smoothness_every=(2 if small else 5) if opt == "adam" else 0,
             task_options={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32} if small else {},
         )
         train(cfg)
         runs.append(run)
-    last = [sorted(r.glob("ckpt_*.pt"))[-1] for r in runs]
-    df = hn.analyze(last, estimators=["spectral", "l11"], n_cauchy=20 if small else 50,
+    df = hn.analyze(runs, estimators=["spectral", "l11"], n_cauchy=20 if small else 50,
                     eval_examples=16 if small else 64, tol=1e-3, progress=not small)
     results = write_results(df, out / "results.csv")
     print(df[["run", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]].to_string(index=False))

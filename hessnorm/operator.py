@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -567,7 +568,11 @@ class HessianOperator(_Base):
             def one(v, b=b):
                 return torch.func.jvp(lambda p: grad_fn(p, b), (x,), (v,))[1]
 
-            out.add_(torch.func.vmap(one)(V), alpha=w)
+            with warnings.catch_warnings():
+                # torch's first forward-AD call scripts its decompositions and warns
+                # that torch.jit.script is deprecated: torch's business, not the user's
+                warnings.filterwarnings("ignore", message=".*torch.jit.script", category=FutureWarning)
+                out.add_(torch.func.vmap(one)(V), alpha=w)
         return out
 
     def _hvp_block_rev(self, V: Tensor) -> Tensor:

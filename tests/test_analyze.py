@@ -8,7 +8,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import hessnorm as hn
