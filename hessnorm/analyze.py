@@ -255,7 +255,7 @@ def analyze(
 
 def write_results(df, path: str | Path) -> Path:
     """Write results as CSV or JSON (by suffix), atomically."""
-    from hessnorm.train.checkpoint import atomic_write
+    from hessnorm._io import atomic_write
 
     path = Path(path)
     if path.suffix not in (".csv", ".json"):

@@ -23,7 +23,9 @@ COMMANDS = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hessnorm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hessnorm", description="Hessian geometry of neural-network losses, with error bars."
+    )
     from hessnorm import __version__
 
     parser.add_argument("--version", action="version", version=f"hessnorm {__version__}")

@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hessnorm._io import atomic_write
 from hessnorm.errors import ConfigError, ShapeError
 
 __all__ = [
@@ -546,23 +545,10 @@ def sgd_divergence_example(
 # ---------------------------------------------------------------------------- reproduce
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_fig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     plt.close(fig)
 
 
@@ -571,11 +557,11 @@ def _save_text(path: Path, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    _write_atomic(path, write)
+    atomic_write(path, write)
 
 
 def _save_frame(path: Path, frame) -> None:
-    _write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def trajectory_smoothness(grad_fn, trajectory: np.ndarray, alpha: float = 0.1):

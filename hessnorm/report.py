@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hessnorm._io import atomic_write_bytes
 from hessnorm.errors import ConfigError
 
 __all__ = ["make_report", "load_input", "RunData", "norms_table", "configure_parser", "run"]
@@ -788,27 +788,6 @@ def _l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
 # ---------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _md_cell(x: Any) -> str:
     return _fmt(x).replace("|", "\\|").replace("\n", " ")
 
@@ -870,11 +849,11 @@ class _Doc:
         self.blocks.append(("ul", list(items)))
 
     def table(self, display: pd.DataFrame, csv_name: str, data: pd.DataFrame) -> None:
-        _atomic_bytes(self.out_dir / csv_name, data.to_csv(index=False).encode())
+        atomic_write_bytes(self.out_dir / csv_name, data.to_csv(index=False).encode())
         self.blocks.append(("table", display, csv_name))
 
     def image(self, name: str, png: bytes, alt: str) -> None:
-        _atomic_bytes(self.out_dir / name, png)
+        atomic_write_bytes(self.out_dir / name, png)
         self.images[name] = png
         self.blocks.append(("img", name, alt))
 
@@ -1008,8 +987,8 @@ def make_report(
         _section_l0l1(doc, smooth)
 
     md = out / "report.md"
-    _atomic_bytes(out / "report.html", doc.html(title).encode("utf-8"))
-    _atomic_bytes(md, doc.markdown().encode("utf-8"))
+    atomic_write_bytes(out / "report.html", doc.html(title).encode("utf-8"))
+    atomic_write_bytes(md, doc.markdown().encode("utf-8"))
     return md
 
 
@@ -1039,7 +1018,7 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
         "Paper 000, Tables 2–3: for the last analysed checkpoint of each run, the smoothness "
         "H(L, Φ) that governs the optimizer with partition Φ, the quantity that bounds it "
         "(`bound`: ‖H‖₁,₁ for Adam, d‖H‖₂ for AdaSGD, the blockwise surrogate S(H, Φ) "
-        "otherwise; S is an upper surrogate, see docs/DESIGN), its estimate with the "
+        "otherwise; S is an upper surrogate, see the blockwise_smoothness docstring), its estimate with the "
         "estimator's interval, and the estimate divided by the dimension d. A `rotation` "
         "means the Hessian was taken in rotated coordinates (RᵀHR): rotated-adam runs are "
         "analysed in their own coordinates, as in paper 000, Table 2."
@@ -1055,7 +1034,7 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
             "step of the checkpoint it was computed at; error bars are the estimator's interval."
         )
         doc.image("trajectories.png", png, "Hessian-norm estimates against training step")
-        _atomic_bytes(doc.out_dir / "trajectories.csv", data.to_csv(index=False).encode())
+        atomic_write_bytes(doc.out_dir / "trajectories.csv", data.to_csv(index=False).encode())
 
     rows = results.merge(
         table[["checkpoint", "estimator", "rotation"]].drop_duplicates(),
@@ -1093,7 +1072,7 @@ def _section_l0l1(doc: _Doc, runs: list[RunData]) -> None:
         ]
     )
     doc.image("l0l1.png", png, "gradient norm vs local smoothness with the (L0, L1) fit")
-    _atomic_bytes(doc.out_dir / "l0l1.csv", fits.to_csv(index=False).encode())
+    atomic_write_bytes(doc.out_dir / "l0l1.csv", fits.to_csv(index=False).encode())
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -10,35 +10,18 @@ states), ``elapsed``, ``d``, ``param_names``, ``dtype``, ``corpus``.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from hessnorm._io import atomic_write
 from hessnorm.errors import CheckpointError
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "atomic_write"]
 
 FORMAT = "hessnorm-run/1"
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers see all or nothing."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def checkpoint_name(step: int) -> str:
