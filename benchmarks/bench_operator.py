@@ -83,7 +83,14 @@ def bench(name, model, loss_fn, batch, k, repeats):
         def _pyhessian_loop():
             h = pyh_hessian(model, lambda out, t: loss_fn(out, t), data=(x, y), cuda=False)
             for i in range(k):
-                hessian_vector_product(h.gradsH, h.params, [t.view_as(p) for t, p in zip(torch.split(V[i], [p.numel() for p in params]), params)])
+                hessian_vector_product(
+                    h.gradsH,
+                    h.params,
+                    [
+                        t.view_as(p)
+                        for t, p in zip(torch.split(V[i], [p.numel() for p in params]), params)
+                    ],
+                )
 
         row["peer"] = "pyhessian"
     except ImportError:
@@ -96,7 +103,10 @@ def bench(name, model, loss_fn, batch, k, repeats):
             loss = loss_fn(model(x), y)
             grads = torch.autograd.grad(loss, params, create_graph=True)
             for i in range(k):
-                vs = [t.view_as(p) for t, p in zip(torch.split(V[i], [p.numel() for p in params]), params)]
+                vs = [
+                    t.view_as(p)
+                    for t, p in zip(torch.split(V[i], [p.numel() for p in params]), params)
+                ]
                 torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
 
         row["peer"] = "double-backward loop"
@@ -112,7 +122,9 @@ def bench(name, model, loss_fn, batch, k, repeats):
                 return loss_fn(out, t)
 
         with _math_attention():
-            H = HessianLinearOperator(model, LossModule(), params, [(x, y)], check_deterministic=False)
+            H = HessianLinearOperator(
+                model, LossModule(), params, [(x, y)], check_deterministic=False
+            )
         Vn = V.T.contiguous()
 
         def cl():
@@ -127,13 +139,17 @@ def bench(name, model, loss_fn, batch, k, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("-k", type=int, default=50)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, CPU, {args.threads} threads, float32, k = {args.k}; median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, CPU, {args.threads} threads, float32, k = {args.k}; median of {args.repeats}"
+    )
     print(
         f"{'model':<20}{'d':>8}{'grad ms':>9}{'hvp1 graph':>11}{'fwd':>8}{'rev':>8}"
         f"{'batched/HVP':>12}{'loop/HVP':>10}{'curvlin/HVP':>12}{'batched/grad':>13}{'loop/batched':>13}"
@@ -147,7 +163,9 @@ def main():
             f"{ms['hvp1_rev']:>8.2f}{1e3 * best_batched:>12.3f}{ms['loop']:>10.3f}{ms['curvlinops']:>12.3f}"
             f"{best_batched / r['grad']:>13.2f}{r['loop'] / best_batched:>13.2f}"
         )
-        print(f"{'':<20}  batched fwd {1e3 * r['batched_fwd']:.3f} ms, batched rev {1e3 * r['batched_rev']:.3f} ms; loop = {r['peer']}")
+        print(
+            f"{'':<20}  batched fwd {1e3 * r['batched_fwd']:.3f} ms, batched rev {1e3 * r['batched_rev']:.3f} ms; loop = {r['peer']}"
+        )
         if "curvlinops_error" in r:
             print(f"{'':<20}  curvlinops: {r['curvlinops_error']}")
 

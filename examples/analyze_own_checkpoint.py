@@ -69,7 +69,9 @@ def main(out: Path, small: bool = False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/own_checkpoint"))
     ap.add_argument("--small", action="store_true")
     a = ap.parse_args()

@@ -31,26 +31,51 @@ def main(out: Path, small: bool = False) -> Path:
     for opt in OPTIMIZERS:
         run = out / opt
         cfg = TrainConfig(
-            task="gpt", optimizer=opt, steps=steps, lr=3e-3, out=str(run), seed=0,
-            ckpt_every=steps // 2, eval_every=max(1, steps // 10), progress=not small,
+            task="gpt",
+            optimizer=opt,
+            steps=steps,
+            lr=3e-3,
+            out=str(run),
+            seed=0,
+            ckpt_every=steps // 2,
+            eval_every=max(1, steps // 10),
+            progress=not small,
             # Adam also records (‖∇f‖, local smoothness) pairs for the (L0, L1) view
             record_smoothness_every=(2 if small else 5) if opt == "adam" else 0,
-            task_options={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32} if small else {},
+            task_options={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32}
+            if small
+            else {},
         )
         train(cfg)
         runs.append(run)
-    df = hn.analyze(runs, estimators=["spectral", "l11"], n_cauchy=20 if small else 50,
-                    eval_examples=16 if small else 64, tol=1e-3, progress=not small)
+    df = hn.analyze(
+        runs,
+        estimators=["spectral", "l11"],
+        n_cauchy=20 if small else 50,
+        eval_examples=16 if small else 64,
+        tol=1e-3,
+        progress=not small,
+    )
     results = write_results(df, out / "results.csv")
-    print(df[["run", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]].to_string(index=False))
-    report = make_report([*runs, results], out / "report", title="Tiny GPT: Adam vs AdaSGD vs rotated Adam",
-                         progress=not small)
+    print(
+        df[
+            ["run", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]
+        ].to_string(index=False)
+    )
+    report = make_report(
+        [*runs, results],
+        out / "report",
+        title="Tiny GPT: Adam vs AdaSGD vs rotated Adam",
+        progress=not small,
+    )
     print(f"report: {report}")
     return report
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/gpt_example"))
     ap.add_argument("--small", action="store_true")
     a = ap.parse_args()

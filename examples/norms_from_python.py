@@ -27,7 +27,11 @@ def main(small: bool = False) -> dict:
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 16, 10)
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 16, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(50 if small else 300):
@@ -37,8 +41,9 @@ def main(small: bool = False) -> dict:
 
     # The Hessian of the mean loss over these examples, given in two batches.
     half = n // 2
-    op = hn.HessianOperator.from_module(model, F.cross_entropy, [(x[:half], t[:half]), (x[half:], t[half:])],
-                                        dtype=torch.float64)
+    op = hn.HessianOperator.from_module(
+        model, F.cross_entropy, [(x[:half], t[:half]), (x[half:], t[half:])], dtype=torch.float64
+    )
     spec = hn.spectral_norm(op, seed=0, progress=False)
     l11 = hn.l11_norm(op, n=50, seed=0, progress=False)
     print(op)
@@ -48,12 +53,16 @@ def main(small: bool = False) -> dict:
     H = exact.hessian(op)  # d = 690: the dense Hessian is cheap here
     truth = {"spectral": exact.spectral_norm(H), "l11": exact.l11_norm(H)}
     print(f"exact: ‖H‖₂ = {truth['spectral']:.6g}, ‖H‖₁,₁ = {truth['l11']:.6g}")
-    print(f"‖H‖₁,₁/d = {l11.value_per_dim:.4g} vs ‖H‖₂ = {spec.value:.4g}: "
-          f"{'Adam' if l11.value_per_dim < spec.value else 'AdaSGD'}'s geometry is the better fit here")
+    print(
+        f"‖H‖₁,₁/d = {l11.value_per_dim:.4g} vs ‖H‖₂ = {spec.value:.4g}: "
+        f"{'Adam' if l11.value_per_dim < spec.value else 'AdaSGD'}'s geometry is the better fit here"
+    )
     return {"spectral": spec, "l11": l11, "exact": truth}
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--small", action="store_true")
     main(ap.parse_args().small)

@@ -42,7 +42,14 @@ from hessnorm.errors import ConfigError
 
 __all__ = ["ESTIMATORS", "analyze", "analyze_operator", "configure_parser", "run"]
 
-ESTIMATORS = ("spectral", "l11", "blockwise:by_tensor", "blockwise:by_row", "rotated-l11", "rotated-spectral")
+ESTIMATORS = (
+    "spectral",
+    "l11",
+    "blockwise:by_tensor",
+    "blockwise:by_row",
+    "rotated-l11",
+    "rotated-spectral",
+)
 DEFAULT_ESTIMATORS = ("spectral", "l11")
 DEFAULT_ROTATION = "randperm:depth=2,seed=0"
 
@@ -56,18 +63,39 @@ _METRIC = {
 }
 
 COLUMNS = [
-    "checkpoint", "kind", "run", "task", "optimizer", "step", "estimator", "metric", "bound",
-    "rotation", "value", "value_per_dim", "low", "high", "confidence", "bound_per_dim",
-    "n_hvp", "seconds", "d", "details",
+    "checkpoint",
+    "kind",
+    "run",
+    "task",
+    "optimizer",
+    "step",
+    "estimator",
+    "metric",
+    "bound",
+    "rotation",
+    "value",
+    "value_per_dim",
+    "low",
+    "high",
+    "confidence",
+    "bound_per_dim",
+    "n_hvp",
+    "seconds",
+    "d",
+    "details",
 ]
 
 
 def _parse_estimators(estimators: str | Iterable[str]) -> list[str]:
-    names = [e.strip() for e in (estimators.split(",") if isinstance(estimators, str) else estimators)]
+    names = [
+        e.strip() for e in (estimators.split(",") if isinstance(estimators, str) else estimators)
+    ]
     names = [e for e in names if e]
     bad = [e for e in names if e not in ESTIMATORS]
     if bad or not names:
-        raise ConfigError(f"unknown estimator(s) {bad or names}; choose from {', '.join(ESTIMATORS)}")
+        raise ConfigError(
+            f"unknown estimator(s) {bad or names}; choose from {', '.join(ESTIMATORS)}"
+        )
     return names
 
 
@@ -98,8 +126,16 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def analyze_operator(op, estimators=DEFAULT_ESTIMATORS, *, n_cauchy: int = 50, rotation=DEFAULT_ROTATION,
-                     seed: int = 0, tol: float = 1e-4, progress: bool = True) -> list[dict]:
+def analyze_operator(
+    op,
+    estimators=DEFAULT_ESTIMATORS,
+    *,
+    n_cauchy: int = 50,
+    rotation=DEFAULT_ROTATION,
+    seed: int = 0,
+    tol: float = 1e-4,
+    progress: bool = True,
+) -> list[dict]:
     """Run the named estimators on one operator; a list of row dicts (no checkpoint columns).
 
     ``rotation`` (a spec string or rotation object) is used by the ``rotated-*``
@@ -219,11 +255,23 @@ def analyze(
     rows = []
     for path, run_name in files:
         net, batches, loss_fn, meta = load(
-            path, model=model, data=data, loss=loss, task=task, data_dir=data_dir,
-            eval_examples=eval_examples, seed=seed, device=device, dtype=dtype,
+            path,
+            model=model,
+            data=data,
+            loss=loss,
+            task=task,
+            data_dir=data_dir,
+            eval_examples=eval_examples,
+            seed=seed,
+            device=device,
+            dtype=dtype,
         )
-        note(f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})")
-        op = HessianOperator.from_module(net, loss_fn, batches, batchnorm=batchnorm, device=device, dtype=dtype)
+        note(
+            f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})"
+        )
+        op = HessianOperator.from_module(
+            net, loss_fn, batches, batchnorm=batchnorm, device=device, dtype=dtype
+        )
         own_rotation = meta.get("rotation")
         if own_rotation:
             note(
@@ -231,7 +279,9 @@ def analyze(
                 "L∘R in the run's own rotated coordinates, as paper 000 Table 2 does"
             )
             op = op.rotated(parse_rotation(own_rotation, op.d))
-        for row in analyze_operator(op, names, n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=progress):
+        for row in analyze_operator(
+            op, names, n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=progress
+        ):
             if own_rotation:
                 row["rotation"] = _spec_string(own_rotation) + (
                     f" then {row['rotation']}" if row.get("rotation") not in (None, "none") else ""
@@ -264,26 +314,42 @@ def write_results(df, path: str | Path) -> Path:
     if path.suffix == ".csv":
         atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     else:
-        atomic_write(path, lambda tmp: df.to_json(tmp, orient="records", indent=1, force_ascii=False))
+        atomic_write(
+            path, lambda tmp: df.to_json(tmp, orient="records", indent=1, force_ascii=False)
+        )
     return path
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("Python::")[0].strip()
     p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
-    p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS), help=f"comma-separated, from: {', '.join(ESTIMATORS)}")
-    p.add_argument("--n-cauchy", type=int, default=50, help="Cauchy probes for (1,1)-norms (default 50)")
+    p.add_argument(
+        "--estimators",
+        default=",".join(DEFAULT_ESTIMATORS),
+        help=f"comma-separated, from: {', '.join(ESTIMATORS)}",
+    )
+    p.add_argument(
+        "--n-cauchy", type=int, default=50, help="Cauchy probes for (1,1)-norms (default 50)"
+    )
     p.add_argument("--rotation", default=DEFAULT_ROTATION, help="rotation for rotated-* estimators")
-    p.add_argument("--eval-examples", type=int, default=None, help="examples the Hessian averages over")
+    p.add_argument(
+        "--eval-examples", type=int, default=None, help="examples the Hessian averages over"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative interval width")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=["float32", "float64"])
     p.add_argument("--batchnorm", default="batch", choices=["batch", "frozen"])
     p.add_argument("--model", default=None, help="state_dicts: 'module:factory' building the model")
-    p.add_argument("--data", default=None, help="state_dicts: 'module:function' returning eval batches")
-    p.add_argument("--loss", default=None, help="'module:function' batch-mean loss (default cross-entropy)")
-    p.add_argument("--task", default=None, help="state_dicts: a trainer task instead of --model/--data")
+    p.add_argument(
+        "--data", default=None, help="state_dicts: 'module:function' returning eval batches"
+    )
+    p.add_argument(
+        "--loss", default=None, help="'module:function' batch-mean loss (default cross-entropy)"
+    )
+    p.add_argument(
+        "--task", default=None, help="state_dicts: a trainer task instead of --model/--data"
+    )
     p.add_argument("--data-dir", default=None, help="nanoGPT data folder with val.bin")
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -291,13 +357,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     df = analyze(
-        args.checkpoints, args.estimators, n_cauchy=args.n_cauchy, rotation=args.rotation,
-        eval_examples=args.eval_examples, seed=args.seed, tol=args.tol, device=args.device,
-        dtype=args.dtype, model=args.model, data=args.data, loss=args.loss, task=args.task,
-        data_dir=args.data_dir, batchnorm=args.batchnorm, progress=not args.quiet,
+        args.checkpoints,
+        args.estimators,
+        n_cauchy=args.n_cauchy,
+        rotation=args.rotation,
+        eval_examples=args.eval_examples,
+        seed=args.seed,
+        tol=args.tol,
+        device=args.device,
+        dtype=args.dtype,
+        model=args.model,
+        data=args.data,
+        loss=args.loss,
+        task=args.task,
+        data_dir=args.data_dir,
+        batchnorm=args.batchnorm,
+        progress=not args.quiet,
         log=False if args.quiet else None,
     )
-    show = df[["run", "step", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]].copy()
+    show = df[
+        ["run", "step", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]
+    ].copy()
     show["checkpoint"] = [Path(c).name for c in df["checkpoint"]]
     import pandas as pd
 

@@ -61,11 +61,17 @@ def read_state(path: str | Path) -> Any:
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file."
         ) from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from exc
+        raise CheckpointError(
+            f"cannot read {path} with torch.load(weights_only=True): {exc}"
+        ) from exc
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
 def _kind_of(obj: Any) -> str:
@@ -74,7 +80,11 @@ def _kind_of(obj: Any) -> str:
             return "hessnorm-run"
         if "model" in obj and "model_args" in obj:
             return "nanogpt"
-        if _is_tensor_dict(obj) or _is_tensor_dict(obj.get("state_dict")) or _is_tensor_dict(obj.get("model")):
+        if (
+            _is_tensor_dict(obj)
+            or _is_tensor_dict(obj.get("state_dict"))
+            or _is_tensor_dict(obj.get("model"))
+        ):
             return "state_dict"
     raise CheckpointError(
         "unrecognised checkpoint: expected a hessnorm run checkpoint, a nanoGPT ckpt.pt "
@@ -111,7 +121,9 @@ def resolve_callable(spec: str | Callable, what: str) -> Callable:
     if callable(spec):
         return spec
     if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"{what} must look like 'module:function' or 'file.py:function', got {spec!r}")
+        raise ConfigError(
+            f"{what} must look like 'module:function' or 'file.py:function', got {spec!r}"
+        )
     target, _, name = spec.rpartition(":")
     try:
         if target.endswith(".py"):
@@ -134,10 +146,15 @@ def resolve_callable(spec: str | Callable, what: str) -> Callable:
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(_COMPILE_PREFIX) :] if k.startswith(_COMPILE_PREFIX) else k: v for k, v in state.items()}
+    return {
+        k[len(_COMPILE_PREFIX) :] if k.startswith(_COMPILE_PREFIX) else k: v
+        for k, v in state.items()
+    }
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
+def load_state_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> nn.Module:
     """Load ``state`` into ``model``, listing every missing, unexpected or mis-shaped key."""
     state = _strip_prefix(state)
     own = model.state_dict()
@@ -174,17 +191,30 @@ def _shares_storage(model: nn.Module, key: str) -> bool:
     )
 
 
-def _lm_batches(tokens, block: int, n: int, seed: int, vocab: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _lm_batches(
+    tokens, block: int, n: int, seed: int, vocab: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     import numpy as np
 
     if len(tokens) <= block + 1:
-        raise CheckpointError(f"the evaluation split has {len(tokens)} tokens, fewer than block_size+1 = {block + 1}")
+        raise CheckpointError(
+            f"the evaluation split has {len(tokens)} tokens, fewer than block_size+1 = {block + 1}"
+        )
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - block - 1, size=n)
-    x = torch.stack([torch.from_numpy(np.asarray(tokens[s : s + block], dtype=np.int64)) for s in starts])
-    y = torch.stack([torch.from_numpy(np.asarray(tokens[s + 1 : s + 1 + block], dtype=np.int64)) for s in starts])
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(tokens[s : s + block], dtype=np.int64)) for s in starts]
+    )
+    y = torch.stack(
+        [
+            torch.from_numpy(np.asarray(tokens[s + 1 : s + 1 + block], dtype=np.int64))
+            for s in starts
+        ]
+    )
     if int(x.max()) >= vocab:
-        raise CheckpointError(f"token id {int(x.max())} is outside the model's vocabulary of {vocab}")
+        raise CheckpointError(
+            f"token id {int(x.max())} is outside the model's vocabulary of {vocab}"
+        )
     per = 8
     return [(x[i : i + per], y[i : i + per]) for i in range(0, n, per)]
 
@@ -205,7 +235,9 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, eval_examples, seed) -> tuple:
     meta = {
         "kind": "nanogpt",
         "task": "gpt",
-        "optimizer": str(ckpt.get("config", {}).get("optimizer", "adamw")) if isinstance(ckpt.get("config"), Mapping) else "adamw",
+        "optimizer": str(ckpt.get("config", {}).get("optimizer", "adamw"))
+        if isinstance(ckpt.get("config"), Mapping)
+        else "adamw",
         "step": int(ckpt.get("iter_num", 0)),
         "model_args": args,
         "data": source,
@@ -247,7 +279,9 @@ def load(
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a run folder; pass one of its checkpoints, or use analyze() for all")
+        raise CheckpointError(
+            f"{path} is a run folder; pass one of its checkpoints, or use analyze() for all"
+        )
     state = read_state(path)
     kind = _kind_of(state)
     if kind == "hessnorm-run":
@@ -256,13 +290,24 @@ def load(
         net, batches, loss_fn, meta = rebuild(state, eval_examples=eval_examples)
         meta = {**meta, "kind": "hessnorm-run"}
     elif kind == "nanogpt":
-        net, batches, loss_fn, meta = _load_nanogpt(state, data_dir=data_dir, eval_examples=eval_examples, seed=seed)
+        net, batches, loss_fn, meta = _load_nanogpt(
+            state, data_dir=data_dir, eval_examples=eval_examples, seed=seed
+        )
     else:
         if "state_dict" in state and _is_tensor_dict(state["state_dict"]):
             state = state["state_dict"]
         elif "model" in state and _is_tensor_dict(state["model"]):
             state = state["model"]
-        net, batches, loss_fn, meta = _user_model(state, model=model, data=data, loss=loss, task=task, data_dir=data_dir, eval_examples=eval_examples, seed=seed)
+        net, batches, loss_fn, meta = _user_model(
+            state,
+            model=model,
+            data=data,
+            loss=loss,
+            task=task,
+            data_dir=data_dir,
+            eval_examples=eval_examples,
+            seed=seed,
+        )
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
     net.eval()
@@ -279,7 +324,13 @@ def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed
         load_state_into(net, state, "state_dict")
         batches = t.eval_batches(eval_examples)
         loss_fn = t.loss_fn
-        meta = {"kind": "state_dict", "task": task, "optimizer": "unknown", "step": None, "rotation": None}
+        meta = {
+            "kind": "state_dict",
+            "task": task,
+            "optimizer": "unknown",
+            "step": None,
+            "rotation": None,
+        }
         return net, batches, loss_fn, meta
     if model is None or data is None:
         raise ConfigError(
@@ -293,5 +344,11 @@ def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed
     load_state_into(net, state, "state_dict")
     batches = resolve_callable(data, "data")()
     loss_fn = resolve_callable(loss, "loss") if loss is not None else F.cross_entropy
-    meta = {"kind": "state_dict", "task": "user", "optimizer": "unknown", "step": None, "rotation": None}
+    meta = {
+        "kind": "state_dict",
+        "task": "user",
+        "optimizer": "unknown",
+        "step": None,
+        "rotation": None,
+    }
     return net, batches, loss_fn, meta

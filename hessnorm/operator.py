@@ -90,7 +90,9 @@ def _normalize_batches(data: Any) -> list[tuple[Any, Any]]:
         if isinstance(data[1], Tensor) and data[0].shape[:1] == data[1].shape[:1]:
             return [(data[0], data[1])]
     if isinstance(data, Tensor):
-        raise ShapeError("data must be (inputs, targets) or an iterable of such batches, not a tensor")
+        raise ShapeError(
+            "data must be (inputs, targets) or an iterable of such batches, not a tensor"
+        )
     try:
         batches = list(data)
     except TypeError as exc:
@@ -174,7 +176,9 @@ class _Base:
         def mv(x):
             x = np.asarray(x, dtype=np.float64)
             single = x.ndim == 1
-            t = torch.as_tensor(x.reshape(self.d, -1).T.copy(), dtype=self.dtype, device=self.device)
+            t = torch.as_tensor(
+                x.reshape(self.d, -1).T.copy(), dtype=self.dtype, device=self.device
+            )
             y = self.hvp(t).detach().to("cpu", torch.float64).numpy().T
             return y.reshape(-1) if single else y
 
@@ -236,7 +240,9 @@ class HessianOperator(_Base):
             self.param_slices[n] = slice(start, start + size)
             start += size
         if start != self.d:
-            raise ShapeError(f"parameter shapes add up to {start} entries but the point has {self.d}")
+            raise ShapeError(
+                f"parameter shapes add up to {start} entries but the point has {self.d}"
+            )
         self.mode = mode
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
@@ -445,7 +451,9 @@ class HessianOperator(_Base):
     def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
         """Split a flat vector (d,) into a name -> tensor dict (views of ``vec``)."""
         if vec.dim() != 1 or vec.numel() != self.d:
-            raise ShapeError(f"unflatten expects a vector of shape ({self.d},), got {tuple(vec.shape)}")
+            raise ShapeError(
+                f"unflatten expects a vector of shape ({self.d},), got {tuple(vec.shape)}"
+            )
         return {n: vec[s].view(self.param_shapes[n]) for n, s in self.param_slices.items()}
 
     # ------------------------------------------------------------------ values
@@ -571,7 +579,9 @@ class HessianOperator(_Base):
             with warnings.catch_warnings():
                 # torch's first forward-AD call scripts its decompositions and warns
                 # that torch.jit.script is deprecated: torch's business, not the user's
-                warnings.filterwarnings("ignore", message=".*torch.jit.script", category=FutureWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*torch.jit.script", category=FutureWarning
+                )
                 out.add_(torch.func.vmap(one)(V), alpha=w)
         return out
 
@@ -612,9 +622,7 @@ class HessianOperator(_Base):
     # ------------------------------------------------------------------ errors
     def _raise_nonfinite(self, what: str, value: Tensor, x: Tensor, batch: int | None = None):
         where = f" on batch {batch}" if batch is not None else ""
-        bad_params = [
-            n for n, s in self.param_slices.items() if not torch.isfinite(x[s]).all()
-        ]
+        bad_params = [n for n, s in self.param_slices.items() if not torch.isfinite(x[s]).all()]
         if bad_params:
             raise NonFiniteError(
                 f"the {what}{where} is not finite because the parameters are not: "

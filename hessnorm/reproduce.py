@@ -14,10 +14,22 @@ import pathlib
 from hessnorm.errors import ConfigError
 
 EXPERIMENTS: dict[str, tuple[str, str]] = {
-    "table1": ("hessnorm.train.experiments:reproduce_table1", "paper 000 Table 1, loss columns: Adam vs AdaSGD on rotated quadratics"),
-    "table1-l11": ("hessnorm.reproduce_l11:reproduce", "paper 000 Table 1, (1,1)-norm/d column, exact and by Cauchy medians"),
-    "gpt": ("hessnorm.train.experiments:reproduce_gpt", "tiny GPT: Adam vs AdaSGD vs rotated Adam vs SGD (paper 000 Fig. 1 ordering)"),
-    "l0l1": ("hessnorm.l0l1:reproduce", "paper 003: Shi et al. problem vs beta2, and (S)GD divergence vs Adam"),
+    "table1": (
+        "hessnorm.train.experiments:reproduce_table1",
+        "paper 000 Table 1, loss columns: Adam vs AdaSGD on rotated quadratics",
+    ),
+    "table1-l11": (
+        "hessnorm.reproduce_l11:reproduce",
+        "paper 000 Table 1, (1,1)-norm/d column, exact and by Cauchy medians",
+    ),
+    "gpt": (
+        "hessnorm.train.experiments:reproduce_gpt",
+        "tiny GPT: Adam vs AdaSGD vs rotated Adam vs SGD (paper 000 Fig. 1 ordering)",
+    ),
+    "l0l1": (
+        "hessnorm.l0l1:reproduce",
+        "paper 003: Shi et al. problem vs beta2, and (S)GD divergence vs Adam",
+    ),
 }
 
 
@@ -34,7 +46,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = "Reproduce a paper experiment into reports/NAME.\n\n" + lines
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("name", choices=sorted(EXPERIMENTS), help="which experiment")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default reports/NAME)")
+    p.add_argument(
+        "--out", type=pathlib.Path, default=None, help="output folder (default reports/NAME)"
+    )
     p.add_argument("--quick", action="store_true", help="a small, fast version (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -31,14 +31,19 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.ones(2)}, "extra": Payload(marker)}, bad)
-    with pytest.raises(errors.CheckpointError, match="refused to load .*arbitrary unpickling.*never does it"):
+    with pytest.raises(
+        errors.CheckpointError, match="refused to load .*arbitrary unpickling.*never does it"
+    ):
         detect(bad)
     with pytest.raises(errors.CheckpointError, match="refused"):
         hn.analyze([bad], progress=False, log=False)
     assert not marker.exists()
     # the same payload through the CLI: refused, exit code 1, nothing executed
     proc = subprocess.run(
-        [sys.executable, "-m", "hessnorm.cli", "analyze", str(bad), "--quiet"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "hessnorm.cli", "analyze", str(bad), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 1 and "refused to load" in proc.stderr
     assert not marker.exists()
@@ -47,7 +52,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 def _nanogpt_checkpoint(path, compiled=True):
     from hessnorm.train.gpt import GPT, GPTConfig
 
-    args = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, vocab_size=256, dropout=0.0)
+    args = dict(
+        n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, vocab_size=256, dropout=0.0
+    )
     torch.manual_seed(0)
     model = GPT(GPTConfig(**args))
     state = model.state_dict()
@@ -73,7 +80,9 @@ def test_nanogpt_checkpoint_analyzes_without_extra_arguments(tmp_path):
     assert meta["kind"] == "nanogpt" and meta["step"] == 250 and "embedded" in meta["data"]
     for k, v in model.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
-    df = hn.analyze([path], estimators="spectral", eval_examples=8, progress=False, log=False, tol=1e-3)
+    df = hn.analyze(
+        [path], estimators="spectral", eval_examples=8, progress=False, log=False, tol=1e-3
+    )
     assert list(df["kind"]) == ["nanogpt"] and df["step"].iloc[0] == 250
     op = hn.HessianOperator.from_module(net, loss_fn, batches)
     ref = hn.spectral_norm(op, tol=1e-3, seed=0, progress=False)
@@ -126,7 +135,9 @@ def test_own_checkpoint_example_pt_and_safetensors_agree(tmp_path):
     pt, st = df.iloc[:3], df.iloc[3:]
     assert list(pt["value"]) == list(st["value"])  # same weights, same seed: same numbers
     # the numbers are those of the estimator API on the same operator and seed
-    net, batches, loss_fn, _ = load(tmp_path / "weights.pt", model=ex.make_model, data=ex.eval_batches, dtype=torch.float64)
+    net, batches, loss_fn, _ = load(
+        tmp_path / "weights.pt", model=ex.make_model, data=ex.eval_batches, dtype=torch.float64
+    )
     op = hn.HessianOperator.from_module(net, loss_fn, batches)
     assert pt["value"].iloc[1] == hn.l11_norm(op, n=20, seed=0, progress=False).value
 
@@ -141,12 +152,42 @@ def test_train_analyze_report_end_to_end(tmp_path):
     from hessnorm.train import TrainConfig, train
 
     run = tmp_path / "adam"
-    train(TrainConfig(task="resnet", optimizer="adam", steps=4, ckpt_every=2, out=str(run), seed=0, progress=False))
+    train(
+        TrainConfig(
+            task="resnet",
+            optimizer="adam",
+            steps=4,
+            ckpt_every=2,
+            out=str(run),
+            seed=0,
+            progress=False,
+        )
+    )
     results = tmp_path / "results.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "hessnorm.cli", "analyze", str(run), "--estimators", "spectral,l11",
-         "--n-cauchy", "10", "--tol", "1e-3", "--eval-examples", "32", "--dtype", "float64", "--out", str(results), "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "hessnorm.cli",
+            "analyze",
+            str(run),
+            "--estimators",
+            "spectral,l11",
+            "--n-cauchy",
+            "10",
+            "--tol",
+            "1e-3",
+            "--eval-examples",
+            "32",
+            "--dtype",
+            "float64",
+            "--out",
+            str(results),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(results)
@@ -163,8 +204,20 @@ def test_train_analyze_report_end_to_end(tmp_path):
 
     out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "hessnorm.cli", "report", str(run), str(results), "--out", str(out), "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "hessnorm.cli",
+            "report",
+            str(run),
+            str(results),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").is_file() and (out / "report.html").is_file()

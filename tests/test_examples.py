@@ -10,7 +10,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,3 +38,19 @@ def test_gpt_optimizers_report(tmp_path):
     assert (rotated["rotation"] != "none").all() and rotated["metric"].str.contains("L∘R").all()
     text = report.read_text()
     assert "L0" in text and "L1" in text  # Adam's smoothness record made it into the report
+
+
+def test_demo_command(capsys):
+    from hessnorm.cli import main
+
+    assert main(["demo", "--steps", "30", "--n-cauchy", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    rows = {
+        line.split("  ")[0].strip(): line.split()
+        for line in out.splitlines()
+        if "‖" in line or "blockwise" in line
+    }
+    spectral = rows["spectral norm ‖H‖₂"]
+    estimate, exact_value = float(spectral[3]), float(spectral[-3])
+    assert estimate == pytest.approx(exact_value, rel=1e-4)  # Lanczos stops at 1e-4 interval width
+    assert "RandPerm² rotated" in out and "d = 1210" in out

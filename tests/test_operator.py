@@ -62,7 +62,9 @@ def test_batchnorm_modes_differ_and_frozen_needs_stats():
     assert rel_err(a.hvp(v), b.hvp(v)) > 1e-3  # the choice matters, so it must be explicit
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False))
     with pytest.raises(errors.SelectionError, match="batchnorm='batch'"):
-        HessianOperator.from_module(model, F.mse_loss, (torch.randn(4, 3), torch.randn(4, 3)), batchnorm="frozen")
+        HessianOperator.from_module(
+            model, F.mse_loss, (torch.randn(4, 3), torch.randn(4, 3)), batchnorm="frozen"
+        )
 
 
 def test_dense_hessian_independent_check():
@@ -82,7 +84,9 @@ def test_quadratic_from_function():
     M = torch.randn(7, 7, generator=g, dtype=torch.float64)
     A = M @ M.T
     b = torch.randn(7, generator=g, dtype=torch.float64)
-    op = HessianOperator.from_function(lambda x: 0.5 * x @ A @ x + b @ x, torch.zeros(7, dtype=torch.float64))
+    op = HessianOperator.from_function(
+        lambda x: 0.5 * x @ A @ x + b @ x, torch.zeros(7, dtype=torch.float64)
+    )
     for mode in MODES:
         op.mode = mode
         V = probes(7)
@@ -93,7 +97,9 @@ def test_quadratic_from_function():
     assert op.loss(x) == pytest.approx(float(0.5 * x @ A @ x + b @ x), rel=1e-12)
 
 
-@pytest.mark.parametrize("name,sizes", [("mlp", (37, 27)), ("transformer", (5, 11)), ("conv_bn", (13, 19))])
+@pytest.mark.parametrize(
+    "name,sizes", [("mlp", (37, 27)), ("transformer", (5, 11)), ("conv_bn", (13, 19))]
+)
 def test_batch_split_invariance(name, sizes):
     n = sum(sizes)
     whole = make_problem(name, n=n)
@@ -137,15 +143,21 @@ def test_scipy_eigsh_matches_exact(problems):
     op, H = problems["mlp"]
     lo = op.to_scipy()
     x = np.random.default_rng(0).standard_normal((op.d, 2))
-    np.testing.assert_allclose(lo.matvec(x[:, 0]), (H @ torch.as_tensor(x[:, 0])).numpy(), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(lo.matmat(x), (H @ torch.as_tensor(x)).numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        lo.matvec(x[:, 0]), (H @ torch.as_tensor(x[:, 0])).numpy(), rtol=1e-10, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        lo.matmat(x), (H @ torch.as_tensor(x)).numpy(), rtol=1e-10, atol=1e-13
+    )
     vals = eigsh(lo, k=1, which="LM", v0=np.ones(op.d), tol=1e-12, return_eigenvectors=False)
     assert abs(vals[0]) == pytest.approx(exact.spectral_norm(H), rel=1e-9)
 
 
 def test_params_selection_and_flat_views():
     model, loss, batches = problem_parts("mlp")
-    op = HessianOperator.from_module(model, loss, batches, params=lambda n: n.startswith("net.0"), dtype=torch.float64)
+    op = HessianOperator.from_module(
+        model, loss, batches, params=lambda n: n.startswith("net.0"), dtype=torch.float64
+    )
     assert op.param_names == ["net.0.weight", "net.0.bias"]
     assert op.d == 64 * 12 + 12
     full = HessianOperator.from_module(model, loss, batches, dtype=torch.float64)
@@ -155,7 +167,9 @@ def test_params_selection_and_flat_views():
     d = op.unflatten(op.point)
     assert set(d) == {"net.0.weight", "net.0.bias"} and d["net.0.weight"].shape == (12, 64)
     torch.testing.assert_close(op.flatten(d), op.point)
-    named = HessianOperator.from_module(model, loss, batches, params=["net.2.bias"], dtype=torch.float64)
+    named = HessianOperator.from_module(
+        model, loss, batches, params=["net.2.bias"], dtype=torch.float64
+    )
     assert named.d == 10 and named.param_slices == {"net.2.bias": slice(0, 10)}
     # the user's model is left as it was
     assert next(model.parameters()).dtype == torch.float32
@@ -216,7 +230,9 @@ def test_error_empty_data():
     with pytest.raises(errors.EmptyDataError, match="no batch"):
         HessianOperator.from_module(model, F.cross_entropy, [])
     with pytest.raises(errors.EmptyDataError, match="every batch in data is empty"):
-        HessianOperator.from_module(model, F.cross_entropy, [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))])
+        HessianOperator.from_module(
+            model, F.cross_entropy, [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]
+        )
 
 
 def test_error_dropout_in_train_mode():
@@ -234,7 +250,9 @@ def test_error_empty_selection():
     batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)))
     with pytest.raises(errors.SelectionError, match="selection is empty"):
         HessianOperator.from_module(model, F.cross_entropy, batch, params=lambda n: "conv" in n)
-    with pytest.raises(errors.SelectionError, match="unknown or frozen parameter names \\['nope'\\]"):
+    with pytest.raises(
+        errors.SelectionError, match="unknown or frozen parameter names \\['nope'\\]"
+    ):
         HessianOperator.from_module(model, F.cross_entropy, batch, params=["nope"])
 
 
@@ -261,7 +279,9 @@ def test_error_non_finite_names_tensor():
 
 def test_error_dense_too_large():
     op = HessianOperator.from_function(lambda x: (x**2).sum(), torch.zeros(50))
-    with pytest.raises(errors.TooLargeError, match="d = 50 > max_dim = 10.*max_dim=50.*HESSNORM_EXACT_MAX_DIM"):
+    with pytest.raises(
+        errors.TooLargeError, match="d = 50 > max_dim = 10.*max_dim=50.*HESSNORM_EXACT_MAX_DIM"
+    ):
         exact.hessian(op, max_dim=10)
 
 

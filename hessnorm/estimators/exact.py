@@ -41,7 +41,9 @@ def _max_dim(max_dim: int | None) -> int:
     return int(env) if env else DEFAULT_MAX_DIM
 
 
-def hessian(op, *, max_dim: int | None = None, chunk_size: int = 256, symmetrize: bool = True) -> Tensor:
+def hessian(
+    op, *, max_dim: int | None = None, chunk_size: int = 256, symmetrize: bool = True
+) -> Tensor:
     """Dense Hessian (d, d) of an operator, in the operator's dtype.
 
     Cost: d HVP-equivalents (reverse-over-reverse for a HessianOperator) and
