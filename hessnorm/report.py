@@ -50,33 +50,13 @@ import numpy as np
 import pandas as pd
 
 from hessnorm._io import atomic_write_bytes
+from hessnorm.analyze import COLUMNS
 from hessnorm.errors import ConfigError
 
 __all__ = ["make_report", "load_input", "RunData", "norms_table", "configure_parser", "run"]
 
 RESULT_REQUIRED = ("checkpoint", "estimator", "value")
-RESULT_COLUMNS = (
-    "checkpoint",
-    "kind",
-    "run",
-    "task",
-    "optimizer",
-    "step",
-    "estimator",
-    "metric",
-    "bound",
-    "rotation",
-    "value",
-    "value_per_dim",
-    "low",
-    "high",
-    "confidence",
-    "bound_per_dim",
-    "n_hvp",
-    "seconds",
-    "d",
-    "details",
-)
+RESULT_COLUMNS = tuple(COLUMNS)  # the columns `hessnorm analyze` writes
 _NUMERIC = (
     "step",
     "value",

@@ -31,6 +31,7 @@ def test_coverage_over_seeds(problems):
     cases = {
         "mlp": problems["mlp"][1],
         "conv_bn": problems["conv_bn"][1],
+        "transformer": problems["transformer"][1],
         "rank3": _rank3(),
         "rotated_quadratic": table1_hessian(0.1),
     }
