@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hessnorm._io import atomic_write
+from hessnorm._io import atomic_write, atomic_write_bytes
 from hessnorm.errors import ConfigError, ShapeError
 
 __all__ = [
@@ -553,11 +553,7 @@ def _save_fig(fig, path: Path) -> None:
 
 
 def _save_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _save_frame(path: Path, frame) -> None:

@@ -19,11 +19,11 @@ Run: ``hessnorm reproduce table1-l11`` (writes reports/table1-l11/table.md, tabl
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 
 import torch
 
+from hessnorm._io import atomic_write_bytes
 from hessnorm.estimators import exact
 from hessnorm.estimators.cauchy import l11_norm
 from hessnorm.operator import as_operator
@@ -96,9 +96,7 @@ def table1_rows(
 
 
 def _write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def reproduce(out_dir: pathlib.Path, quick: bool, seed: int, progress: bool) -> None:

@@ -224,3 +224,29 @@ def test_train_analyze_report_end_to_end(tmp_path):
     assert list(out.glob("*.png")) and list(out.glob("*.csv"))
     text = (out / "report.md").read_text()
     assert f"{last['value'] / last['d']:.4g}"[:4] in text or f"{last['value']:.4g}"[:4] in text
+
+
+def test_state_dict_with_task(tmp_path):
+    """A plain state_dict of a trainer task's model analyzes with --task alone."""
+    from hessnorm.train.tasks import build_task
+
+    task = build_task("resnet", seed=1)
+    path = tmp_path / "resnet.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(task.model.state_dict(), str(path))
+    df = hn.analyze(
+        [path],
+        estimators="spectral",
+        task="resnet",
+        eval_examples=32,
+        tol=1e-3,
+        progress=False,
+        log=False,
+    )
+    net, batches, loss_fn, meta = load(path, task="resnet", eval_examples=32)
+    assert meta["task"] == "resnet" and sum(len(b[1]) for b in batches) == 32
+    op = hn.HessianOperator.from_module(net, loss_fn, batches)
+    assert df["value"].iloc[0] == pytest.approx(
+        hn.spectral_norm(op, tol=1e-3, progress=False).value, rel=1e-6
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from hessnorm._io import atomic_write, atomic_write_bytes
 from hessnorm.train.tasks import quadratic_sigma
 
 __all__ = ["reproduce_table1", "reproduce_gpt", "quadratic_runs", "TABLE1_PAPER"]
@@ -137,7 +138,7 @@ def reproduce_table1(out_dir: Path, quick: bool, seed: int, progress: bool) -> N
         row |= {"paper_l11_per_d": paper[0], "paper_loss_b0": paper[1], "paper_loss_b9": paper[3]}
         rows.append(row)
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / "table.csv", index=False)
+    atomic_write(out_dir / "table.csv", lambda tmp: df.to_csv(tmp, index=False))
     seconds = time.perf_counter() - t0
     _write_table1_md(out_dir / "table.md", df, d, n_seeds, steps, seed, seconds, quick)
 
@@ -181,7 +182,7 @@ def _write_table1_md(path, df, d, n_seeds, steps, seed, seconds, quick) -> None:
             f"{'hold' if _orderings_hold(idx[f'loss_{tag}_mean']) else 'DO NOT hold'}; "
             f"ours/paper ratio {ratio.min():.2f} … {ratio.max():.2f}."
         )
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 GPT_OPTIMIZERS = ("adam", "adasgd", "rotated-adam", "sgd")
@@ -256,8 +257,8 @@ def reproduce_gpt(out_dir: Path, quick: bool, seed: int, progress: bool) -> None
                 )
     curves_df = pd.concat(curves, ignore_index=True)
     final = pd.DataFrame(finals)
-    curves_df.to_csv(out_dir / "curves.csv", index=False)
-    final.to_csv(out_dir / "final.csv", index=False)
+    atomic_write(out_dir / "curves.csv", lambda tmp: curves_df.to_csv(tmp, index=False))
+    atomic_write(out_dir / "final.csv", lambda tmp: final.to_csv(tmp, index=False))
     best = final.loc[final.groupby("optimizer", sort=False).final_eval_loss.idxmin()]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for _, b in best.iterrows():
@@ -269,11 +270,13 @@ def reproduce_gpt(out_dir: Path, quick: bool, seed: int, progress: bool) -> None
         )
         ev = c.dropna(subset=["eval_loss"])
         axes[1].plot(ev.step, ev.eval_loss, marker="o", ms=3, label=f"{b.optimizer}")
-    axes[0].set(title="train loss (10-step mean)", xlabel="step", ylabel="loss")
-    axes[1].set(title="eval loss", xlabel="step")
+    axes[0].set(
+        title="train loss (10-step moving mean)", xlabel="training step", ylabel="loss (nats/token)"
+    )
+    axes[1].set(title="eval loss (held-out split)", xlabel="training step")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=120)
+    atomic_write(out_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     seconds = time.perf_counter() - t0
     v = dict(zip(best.optimizer, best.final_eval_loss))
@@ -309,4 +312,4 @@ def reproduce_gpt(out_dir: Path, quick: bool, seed: int, progress: bool) -> None
     for name in GPT_OPTIMIZERS:
         vals = final[final.optimizer == name].final_eval_loss
         lines.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in vals) + " |")
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out_dir / "table.md", ("\n".join(lines) + "\n").encode())
