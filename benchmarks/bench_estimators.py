@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _peers import MeanLoss
 
 import hessnorm as hn
 from hessnorm.estimators import exact
@@ -76,17 +77,11 @@ def run_curvlinops(model, loss_fn, batch, tol):
     from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import eigsh
 
-    class LossModule(torch.nn.Module):
-        reduction = "mean"
-
-        def forward(self, out, t):
-            return loss_fn(out, t)
-
     params = [p for p in model.parameters() if p.requires_grad]
     with _math_attention():
         t = time.perf_counter()
         H = HessianLinearOperator(
-            model, LossModule(), params, [batch], check_deterministic=False
+            model, MeanLoss(loss_fn), params, [batch], check_deterministic=False
         ).to_scipy()
         count = Counter()
         from scipy.sparse.linalg import LinearOperator

@@ -24,6 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _peers import MeanLoss
 
 from hessnorm.models import MLP, TinyTransformer, _init, char_tokens, digits, lm_loss
 from hessnorm.operator import HessianOperator, _math_attention
@@ -115,15 +116,9 @@ def bench(name, model, loss_fn, batch, k, repeats):
     try:
         from curvlinops import HessianLinearOperator
 
-        class LossModule(torch.nn.Module):  # curvlinops wants a module with .reduction
-            reduction = "mean"
-
-            def forward(self, out, t):
-                return loss_fn(out, t)
-
         with _math_attention():
             H = HessianLinearOperator(
-                model, LossModule(), params, [(x, y)], check_deterministic=False
+                model, MeanLoss(loss_fn), params, [(x, y)], check_deterministic=False
             )
         Vn = V.T.contiguous()
 

@@ -165,9 +165,17 @@ def load_state_into(
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    # tied weights may be stored once (safetensors drops shared tensors)
-    tied = {k for k in missing if _shares_storage(model, k)}
-    missing = [k for k in missing if k not in tied]
+    # tied weights may be stored once (safetensors drops shared tensors): a missing key
+    # whose tensor shares storage with another of the model's keys is not missing
+    tensors = model.state_dict(keep_vars=True)
+    missing = [
+        k
+        for k in missing
+        if not any(
+            j != k and t.data_ptr() == tensors[k].data_ptr() and t.shape == tensors[k].shape
+            for j, t in tensors.items()
+        )
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -181,14 +189,6 @@ def load_state_into(
         )
     model.load_state_dict(state, strict=False)
     return model
-
-
-def _shares_storage(model: nn.Module, key: str) -> bool:
-    own = model.state_dict(keep_vars=True)
-    t = own.get(key)
-    return t is not None and any(
-        k != key and v.data_ptr() == t.data_ptr() and v.shape == t.shape for k, v in own.items()
-    )
 
 
 def _lm_batches(

@@ -250,3 +250,16 @@ def test_state_dict_with_task(tmp_path):
     assert df["value"].iloc[0] == pytest.approx(
         hn.spectral_norm(op, tol=1e-3, progress=False).value, rel=1e-6
     )
+
+
+def test_tied_weight_stored_once_is_not_missing():
+    from hessnorm.models import TinyTransformer
+
+    model = TinyTransformer()
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "head.weight"}
+    load_state_into(TinyTransformer(), state)  # head.weight is wte.weight: nothing missing
+    del state["ln_f.bias"]
+    with pytest.raises(
+        errors.CheckpointError, match=r"missing from the checkpoint: \['ln_f.bias'\]"
+    ):
+        load_state_into(TinyTransformer(), state)

@@ -20,7 +20,6 @@ feed :func:`hessnorm.l0l1.fit_l0l1` (paper 003, Assumption 1 and Fig. 1b).
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,6 @@ from hessnorm.errors import CheckpointError, ConfigError, NonFiniteError, ShapeE
 from hessnorm.estimate import Estimate
 
 __all__ = ["local_smoothness", "hessian_local_smoothness", "local_smoothness_along_run"]
-
-_CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
 def _grid(alpha: float) -> list[float]:
@@ -232,7 +229,9 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         raise CheckpointError(
             f"run folder {run_dir} does not exist; pass the folder `hessnorm train` wrote"
         )
-    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := _CKPT_RE.match(p.name)))
+    from hessnorm.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
     if len(found) < 2:
         raise CheckpointError(
             f"{run_dir} holds {len(found)} checkpoint(s) named ckpt_XXXXXX.pt; local smoothness needs "
