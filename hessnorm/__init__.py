@@ -1,69 +1,96 @@
 """hessnorm: the Hessian geometry adaptive optimizers exploit, with error bars.
 
-Flat public API, grouped as in ``__all__``. See README.md for a tour.
+Flat public API, grouped as in ``__all__``. See README.md for a tour. Names are
+imported on first use (PEP 562), so ``import hessnorm`` and ``hessnorm --help``
+load neither torch nor pandas until something needs them.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-from hessnorm import errors, rotation
-from hessnorm.analyze import analyze
-from hessnorm.checkpoint import load
-from hessnorm.estimate import Estimate, to_frame
-from hessnorm.estimators import exact
-from hessnorm.estimators.blockwise import blockwise_smoothness
-from hessnorm.estimators.cauchy import l11_norm
-from hessnorm.estimators.lanczos import spectral_norm, top_eigenpairs
-from hessnorm.estimators.local_smoothness import (
-    hessian_local_smoothness,
-    local_smoothness,
-    local_smoothness_along_run,
-)
-from hessnorm.l0l1 import L0L1Fit, fit_l0l1, plot_l0l1
-from hessnorm.operator import DenseOperator, HessianOperator, RotatedOperator, as_operator
-from hessnorm.optim import AdaSGD, BlockwiseAdam, Rotated, SignGD
-from hessnorm.partition import Partition
-from hessnorm.report import make_report
-from hessnorm.rotation import ExpSkew, Identity, RandPerm
-from hessnorm.train import TrainConfig, rebuild, train
-
-__all__ = [
+# public name -> module defining it
+_EXPORTS = {
     # core: the operator, results, errors
-    "HessianOperator",
-    "RotatedOperator",
-    "DenseOperator",
-    "as_operator",
-    "Estimate",
-    "to_frame",
-    "errors",
+    "HessianOperator": "hessnorm.operator",
+    "RotatedOperator": "hessnorm.operator",
+    "DenseOperator": "hessnorm.operator",
+    "HessianLike": "hessnorm.operator",
+    "LossOperator": "hessnorm.operator",
+    "as_operator": "hessnorm.operator",
+    "Estimate": "hessnorm.estimate",
+    "to_frame": "hessnorm.estimate",
     # Hessian norms (paper 000)
-    "spectral_norm",
-    "top_eigenpairs",
-    "l11_norm",
-    "blockwise_smoothness",
-    "exact",
+    "spectral_norm": "hessnorm.estimators.lanczos",
+    "top_eigenpairs": "hessnorm.estimators.lanczos",
+    "l11_norm": "hessnorm.estimators.cauchy",
+    "blockwise_smoothness": "hessnorm.estimators.blockwise",
     # partitions and rotations
-    "Partition",
-    "rotation",
-    "Identity",
-    "RandPerm",
-    "ExpSkew",
+    "Partition": "hessnorm.partition",
+    "Identity": "hessnorm.rotation",
+    "RandPerm": "hessnorm.rotation",
+    "ExpSkew": "hessnorm.rotation",
     # local smoothness and the (L0, L1) condition (paper 003)
-    "local_smoothness",
-    "hessian_local_smoothness",
-    "local_smoothness_along_run",
-    "fit_l0l1",
-    "L0L1Fit",
-    "plot_l0l1",
+    "local_smoothness": "hessnorm.estimators.local_smoothness",
+    "hessian_local_smoothness": "hessnorm.estimators.local_smoothness",
+    "smoothness_along_run": "hessnorm.analyze",
+    "fit_l0l1": "hessnorm.l0l1",
+    "L0L1Fit": "hessnorm.l0l1",
+    "plot_l0l1": "hessnorm.report.figures",
     # optimizers and the reference trainer
-    "AdaSGD",
-    "BlockwiseAdam",
-    "SignGD",
-    "Rotated",
-    "TrainConfig",
-    "train",
-    "rebuild",
+    "AdaSGD": "hessnorm.optim",
+    "BlockwiseAdam": "hessnorm.optim",
+    "SignGD": "hessnorm.optim",
+    "Rotated": "hessnorm.optim",
+    "TrainConfig": "hessnorm.train.loop",
+    "train": "hessnorm.train.loop",
+    "rebuild": "hessnorm.train.runs",
     # checkpoints, analysis, reports
-    "load",
-    "analyze",
-    "make_report",
-]
+    "load": "hessnorm.checkpoint",
+    "lm_windows": "hessnorm.train.tasks",
+    "analyze": "hessnorm.analyze",
+    "make_report": "hessnorm.report",
+}
+# public submodules
+_MODULES = ("errors", "rotation", "exact", "results", "testing")
+
+__all__ = [*_EXPORTS, *_MODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name == "exact":
+        value = importlib.import_module("hessnorm.estimators.exact")
+    elif name in _MODULES:
+        value = importlib.import_module(f"hessnorm.{name}")
+    else:
+        raise AttributeError(f"module 'hessnorm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``hessnorm.analyze`` and ``hessnorm.train`` name functions, not their modules.
+
+    Importing the submodules ``hessnorm.analyze`` / ``hessnorm.train`` would bind
+    them as package attributes over the functions of the same name; this keeps the
+    functions (the modules stay reachable with ``from hessnorm.train import ...``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("analyze", "train") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

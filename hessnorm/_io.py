@@ -1,19 +1,24 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""File I/O shared by every layer: atomic writes, and the one safe ``torch.load``.
+
+Atomic writes: readers see the old file or the new one, never half of one.
+:func:`read_state` is the only place hessnorm calls ``torch.load`` (always with
+``weights_only=True``); it lives here, at the bottom of the import graph, so that
+both :mod:`hessnorm.checkpoint` and :mod:`hessnorm.train.runs` use it without
+importing each other.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+from hessnorm.errors import CheckpointError
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+__all__ = ["atomic_write", "atomic_write_bytes", "read_state"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
@@ -22,13 +27,21 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     The temporary file lives in the target folder (so the rename is atomic) and gets
     the usual file mode (mkstemp's 0600 would surprise users). On any error, the
     temporary file is removed and ``path`` is left untouched.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> atomic_write(p, lambda tmp: pathlib.Path(tmp).write_text("hi"))
+        >>> p.read_text()
+        'hi'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # created with mode 0o666 so that the kernel applies the umask (no os.umask call,
+    # which would set the process-wide umask and race with other threads)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -40,5 +53,56 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.bin"
+        >>> atomic_write_bytes(p, b"xy"); p.read_bytes()
+        b'xy'
+    """
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def read_state(path: str | Path) -> Any:
+    """Read a ``.pt``/``.pth``/``.safetensors`` file without executing any code.
+
+    ``.pt`` files go through ``torch.load(weights_only=True)`` on the CPU; one that
+    needs arbitrary unpickling is refused (never executed) with a message saying
+    how to re-save it.
+
+    Raises:
+        CheckpointError: no such file, an unreadable file, or one that needs unpickling.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save({"w": torch.ones(2)}, p)
+        >>> read_state(p)["w"].tolist()
+        [1.0, 1.0]
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it needs arbitrary unpickling (weights_only=True "
+            f"rejected it: {str(exc).splitlines()[0][:200]}). Unpickling can run any code, "
+            "so hessnorm never does it. If you trust the file, re-save only its tensors: "
+            "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file."
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {path} with torch.load(weights_only=True): {exc}"
+        ) from exc

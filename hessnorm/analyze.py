@@ -8,18 +8,8 @@ CLI::
 
     hessnorm analyze runs/adam runs/rotated --estimators spectral,l11,rotated-l11 --out results.csv
 
-Estimators (names accepted by ``estimators=``):
-
-==================== =============================================== ===================
-name                  quantity                                       bounds H(L, Φ) for
-==================== =============================================== ===================
-spectral              ‖H‖₂ (Lanczos)                                  Φ_AdaSGD: d‖H‖₂
-l11                   ‖H‖₁,₁ (Cauchy medians, paper 000 Alg. 4)       Φ_Adam
-blockwise:by_tensor   S(H, Φ) with one block per parameter tensor     Φ_tensor
-blockwise:by_row      S(H, Φ) with one block per output row           Φ_row
-rotated-l11           ‖RᵀHR‖₁,₁ for the ``rotation`` given            Φ_Adam on L∘R
-rotated-spectral      ‖RᵀHR‖₂ (= ‖H‖₂; a consistency check)           Φ_AdaSGD on L∘R
-==================== =============================================== ===================
+Estimators: the names of :data:`hessnorm.results.ESTIMATORS` (the registry holds
+their labels and per-dimension rules).
 
 Checkpoints of a run trained with rotated Adam are analysed **in the run's own
 rotated coordinates** (the Hessian RᵀHR of L∘R, the loss that run optimised, as in
@@ -32,84 +22,25 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hessnorm.errors import ConfigError
-
-__all__ = ["ESTIMATORS", "analyze", "analyze_operator", "configure_parser", "run"]
-
-ESTIMATORS = (
-    "spectral",
-    "l11",
-    "blockwise:by_tensor",
-    "blockwise:by_row",
-    "rotated-l11",
-    "rotated-spectral",
+from hessnorm.errors import CheckpointError, ConfigError
+from hessnorm.estimators.local_smoothness import check_alpha, local_smoothness
+from hessnorm.results import (
+    COLUMNS,
+    DEFAULT_ESTIMATORS,
+    DEFAULT_ROTATION,
+    ESTIMATORS,
+    parse_estimators,
 )
-DEFAULT_ESTIMATORS = ("spectral", "l11")
-DEFAULT_ROTATION = "randperm:depth=2,seed=0"
+from hessnorm.rotation import parse as parse_rotation
+from hessnorm.rotation import spec_string
 
-_METRIC = {
-    "spectral": ("H(L, Φ_AdaSGD)", "d‖H‖₂"),
-    "l11": ("H(L, Φ_Adam)", "‖H‖₁,₁"),
-    "blockwise:by_tensor": ("H(L, Φ_tensor)", "S(H, Φ)"),
-    "blockwise:by_row": ("H(L, Φ_row)", "S(H, Φ)"),
-    "rotated-l11": ("H(L∘R, Φ_Adam)", "‖RᵀHR‖₁,₁"),
-    "rotated-spectral": ("H(L∘R, Φ_AdaSGD)", "d‖RᵀHR‖₂"),
-}
-
-COLUMNS = [
-    "checkpoint",
-    "kind",
-    "run",
-    "task",
-    "optimizer",
-    "step",
-    "estimator",
-    "metric",
-    "bound",
-    "rotation",
-    "value",
-    "value_per_dim",
-    "low",
-    "high",
-    "confidence",
-    "bound_per_dim",
-    "n_hvp",
-    "seconds",
-    "d",
-    "details",
-]
-
-
-def _parse_estimators(estimators: str | Iterable[str]) -> list[str]:
-    names = [
-        e.strip() for e in (estimators.split(",") if isinstance(estimators, str) else estimators)
-    ]
-    names = [e for e in names if e]
-    bad = [e for e in names if e not in ESTIMATORS]
-    if bad or not names:
-        raise ConfigError(
-            f"unknown estimator(s) {bad or names}; choose from {', '.join(ESTIMATORS)}"
-        )
-    return names
-
-
-def _spec_string(rotation) -> str:
-    if rotation is None:
-        return "none"
-    if isinstance(rotation, str):
-        return rotation
-    spec = getattr(rotation, "spec", rotation)
-    if isinstance(spec, dict):
-        kind = spec.get("kind", "rotation")
-        opts = ",".join(f"{k}={v}" for k, v in spec.items() if k not in ("kind", "d"))
-        return f"{kind}:{opts}" if opts else kind
-    return str(spec)
+__all__ = ["analyze", "analyze_operator", "smoothness_along_run", "write_results"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -139,46 +70,36 @@ def analyze_operator(
     """Run the named estimators on one operator; a list of row dicts (no checkpoint columns).
 
     ``rotation`` (a spec string or rotation object) is used by the ``rotated-*``
-    estimators only.
-    """
-    import hessnorm as hn
-    from hessnorm.optim.factory import parse_rotation
+    estimators only. Cost: that of each named estimator (see its docstring).
 
+    Example:
+        >>> import torch
+        >>> from hessnorm.operator import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.tensor([3.0, -1.0], dtype=torch.float64)))
+        >>> row, = analyze_operator(op, ["spectral"], progress=False)
+        >>> round(row["value"], 6), row["bound"], round(row["bound_per_dim"], 6)
+        (3.0, 'd‖H‖₂', 3.0)
+    """
     rows = []
     R = None
-    for name in _parse_estimators(estimators):
-        if name == "spectral":
-            est = hn.spectral_norm(op, tol=tol, seed=seed, progress=progress)
-            per_dim = est.value
-        elif name == "l11":
-            est = hn.l11_norm(op, n=n_cauchy, seed=seed, progress=progress)
-            per_dim = est.value / op.d
-        elif name.startswith("blockwise:"):
-            kind = name.split(":", 1)[1]
-            part = getattr(hn.Partition, kind)(op)
-            est = hn.blockwise_smoothness(op, part, seed=seed, progress=progress)
-            per_dim = est.value / op.d
-        else:
+    for name in parse_estimators(estimators):
+        spec = ESTIMATORS[name]
+        target = op
+        if spec.rotated:
             if R is None:
                 R = parse_rotation(rotation, op.d)
-            rop = op.rotated(R)
-            if name == "rotated-l11":
-                est = hn.l11_norm(rop, n=n_cauchy, seed=seed, progress=progress)
-                per_dim = est.value / op.d
-            else:
-                est = hn.spectral_norm(rop, tol=tol, seed=seed, progress=progress)
-                per_dim = est.value
-        metric, bound = _METRIC[name]
+            target = op.rotated(R)
+        est = spec.run(target, n_cauchy=n_cauchy, seed=seed, tol=tol, progress=progress)
         row = est.to_dict(details=False)
         row.update(
             estimator=name,
-            metric=metric,
-            bound=bound,
-            bound_per_dim=per_dim,
+            metric=spec.metric,
+            bound=spec.bound,
+            bound_per_dim=spec.bound_per_dim(est.value, op.d),
             details=json.dumps(_jsonable(dict(est.details)), ensure_ascii=False),
         )
-        if name.startswith("rotated"):
-            row["rotation"] = _spec_string(rotation)
+        if spec.rotated:
+            row["rotation"] = spec_string(rotation)
         rows.append(row)
     return rows
 
@@ -208,7 +129,8 @@ def analyze(
     Args:
         checkpoints: files or run folders (a folder stands for all its checkpoints,
             in step order: a trajectory).
-        estimators: names from :data:`ESTIMATORS` (list or comma-separated string).
+        estimators: names from :data:`hessnorm.results.ESTIMATORS` (list or
+            comma-separated string).
         n_cauchy: Cauchy probes for (1,1)-norm estimates (paper 000 uses 50).
         rotation: rotation for the ``rotated-*`` estimators.
         eval_examples: evaluation examples the Hessian is averaged over.
@@ -221,15 +143,25 @@ def analyze(
         log: where notes go (default stderr); ``False`` silences them.
 
     Returns:
-        One row per (checkpoint, estimator) with columns :data:`COLUMNS`.
+        One row per (checkpoint, estimator) with columns :data:`hessnorm.results.COLUMNS`.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from torch import nn
+        >>> x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save(nn.Linear(3, 2).state_dict(), path)
+        >>> df = analyze(path, ["spectral"], model=lambda: nn.Linear(3, 2),
+        ...              data=lambda: [(x, y)], progress=False, log=False)
+        >>> df[["kind", "estimator", "bound"]].values.tolist()
+        [['state_dict', 'spectral', 'd‖H‖₂']]
     """
     import pandas as pd
 
     from hessnorm.checkpoint import expand, load
     from hessnorm.operator import HessianOperator
-    from hessnorm.optim.factory import parse_rotation
 
-    names = _parse_estimators(estimators)
+    names = parse_estimators(estimators)
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     if isinstance(dtype, str):
@@ -275,7 +207,7 @@ def analyze(
         own_rotation = meta.get("rotation")
         if own_rotation:
             note(
-                f"  trained with rotated Adam ({_spec_string(own_rotation)}): analysing the Hessian of "
+                f"  trained with rotated Adam ({spec_string(own_rotation)}): analysing the Hessian of "
                 "L∘R in the run's own rotated coordinates, as paper 000 Table 2 does"
             )
             op = op.rotated(parse_rotation(own_rotation, op.d))
@@ -283,13 +215,12 @@ def analyze(
             op, names, n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=progress
         ):
             if own_rotation:
-                row["rotation"] = _spec_string(own_rotation) + (
+                row["rotation"] = spec_string(own_rotation) + (
                     f" then {row['rotation']}" if row.get("rotation") not in (None, "none") else ""
                 )
                 # the operator already is R^T H R: name the quantities of L∘R
-                row["metric"] = row["metric"].replace("H(L,", "H(L∘R,")
-                if not row["estimator"].startswith("rotated"):
-                    row["bound"] = row["bound"].replace("‖H‖", "‖RᵀHR‖").replace("S(H,", "S(RᵀHR,")
+                spec = ESTIMATORS[row["estimator"]]
+                row["metric"], row["bound"] = spec.metric_rotated_run, spec.bound_rotated_run
             row.setdefault("rotation", "none")
             row.update(
                 checkpoint=str(path),
@@ -303,8 +234,128 @@ def analyze(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    if not run_dir.is_dir():
+        raise CheckpointError(
+            f"run folder {run_dir} does not exist; pass the folder `hessnorm train` wrote"
+        )
+    from hessnorm.train.runs import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if len(found) < 2:
+        raise CheckpointError(
+            f"{run_dir} holds {len(found)} checkpoint(s) named ckpt_XXXXXX.pt; local smoothness needs "
+            "at least two consecutive ones (train with a smaller --ckpt-every)"
+        )
+    return found
+
+
+def smoothness_along_run(
+    run_dir: str | Path,
+    *,
+    alpha: float = 0.1,
+    eval_examples: int | None = None,
+    progress: bool = True,
+):
+    """Local smoothness between consecutive checkpoints of a training run.
+
+    For consecutive checkpoints ``ckpt_a.pt``, ``ckpt_b.pt`` (sorted by step) the row
+    for step ``a`` is :func:`local_smoothness` with ``w = θ_a`` and ``w_next = θ_b``,
+    gradients of the mean loss over the evaluation set rebuilt by
+    :func:`hessnorm.checkpoint.load` (``eval_examples``; the same set for every
+    checkpoint). When checkpoints are saved every K > 1 steps, Δ spans K optimizer
+    steps, so the value is the smoothness along that longer segment (paper 003,
+    App. E, uses single steps). Pairs whose parameters did not change are skipped.
+
+    Cost: ``(1/α + 1)`` gradients over the evaluation set per pair.
+
+    Args:
+        run_dir: the run folder holding ``ckpt_XXXXXX.pt`` files.
+        alpha: grid spacing of :func:`local_smoothness`.
+        eval_examples: size of the evaluation set (passed to ``load``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        pandas.DataFrame with columns ``step``, ``next_step``, ``grad_norm``,
+        ``local_smoothness``, ``step_norm``, ``argmax_gamma``, ``loss``.
+
+    Raises:
+        CheckpointError: no such folder, or fewer than two checkpoints in it.
+        ConfigError: a bad ``alpha``.
+
+    Example:
+        >>> import tempfile
+        >>> from hessnorm.train import TrainConfig, train
+        >>> run = tempfile.mkdtemp()
+        >>> _ = train(TrainConfig(task="quadratic", optimizer="adam", steps=2, ckpt_every=1,
+        ...                       out=run, progress=False, dtype="float64",
+        ...                       task_options={"d": 20}))
+        >>> smoothness_along_run(run, progress=False)["step"].tolist()
+        [1]
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    ckpts = _checkpoints(run_dir)
+    check_alpha(alpha)  # fail on a bad alpha before rebuilding any model
+
+    from hessnorm.checkpoint import load
+    from hessnorm.operator import HessianOperator
+
+    def operator(path: Path):
+        model, batches, loss_fn, _meta = load(path, eval_examples=eval_examples)
+        return HessianOperator.from_module(model, loss_fn, batches)
+
+    iterator = range(len(ckpts) - 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="local smoothness", unit="ckpt")
+    rows = []
+    op_next = operator(ckpts[0][1])
+    for i in iterator:
+        op, op_next = op_next, operator(ckpts[i + 1][1])
+        w, w_next = op.point, op_next.point.to(op.dtype)
+        if torch.equal(w, w_next):
+            continue
+        est = local_smoothness(op, w, w_next, alpha=alpha)
+        rows.append(
+            {
+                "step": ckpts[i][0],
+                "next_step": ckpts[i + 1][0],
+                "grad_norm": est.details["grad_norm"],
+                "local_smoothness": est.value,
+                "step_norm": est.details["step_norm"],
+                "argmax_gamma": est.details["argmax_gamma"],
+                "loss": op.loss(),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "step",
+            "next_step",
+            "grad_norm",
+            "local_smoothness",
+            "step_norm",
+            "argmax_gamma",
+            "loss",
+        ],
+    )
+
+
 def write_results(df, path: str | Path) -> Path:
-    """Write results as CSV or JSON (by suffix), atomically."""
+    """Write results as CSV or JSON (by suffix), atomically.
+
+    Raises:
+        ConfigError: a suffix other than ``.csv`` or ``.json``.
+
+    Example:
+        >>> import tempfile, pathlib, pandas as pd
+        >>> out = write_results(pd.DataFrame({"value": [1.0]}), pathlib.Path(tempfile.mkdtemp()) / "r.csv")
+        >>> out.read_text().split()
+        ['value', '1.0']
+    """
     from hessnorm._io import atomic_write
 
     path = Path(path)

@@ -13,17 +13,23 @@ Kinds, detected from the file itself:
                   path ``"path/to/file.py:factory"``) or a trainer task name, the
                   evaluation batches from ``data="module:function"`` or the task.
 
-Checkpoints are data, not code: ``.pt`` files are read with
-``torch.load(weights_only=True)``; one that needs arbitrary unpickling is refused
-and never executed. Key or shape mismatches are listed by name.
+Every kind is loaded through the trainer task that owns its evaluation set: a
+nanoGPT checkpoint and a state_dict with ``task="gpt"`` get the ``gpt`` task's
+evaluation windows (:func:`hessnorm.train.tasks.lm_windows`, evenly spaced, 64 by
+default, in batches of 16), exactly like a hessnorm run of the gpt task, so the
+same weights give the same Hessian whatever the file format.
+
+Checkpoints are data, not code: files are read by :func:`hessnorm._io.read_state`
+(``torch.load(weights_only=True)``, the only ``torch.load`` in hessnorm); one that
+needs arbitrary unpickling is refused and never executed. Key or shape mismatches
+are listed by name. User code named by ``model=``/``data=``/``loss=`` is imported
+without registering it in ``sys.modules``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,38 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hessnorm._io import read_state
 from hessnorm.errors import CheckpointError, ConfigError
+from hessnorm.train.runs import list_checkpoints, rebuild
+from hessnorm.train.tasks import build_task
 
 __all__ = ["detect", "expand", "load", "read_state", "load_state_into", "resolve_callable"]
 
 _COMPILE_PREFIX = "_orig_mod."
-
-
-def read_state(path: str | Path) -> Any:
-    """Read a ``.pt``/``.pth``/``.safetensors`` file without executing any code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused to load {path}: it needs arbitrary unpickling (weights_only=True "
-            f"rejected it: {str(exc).splitlines()[0][:200]}). Unpickling can run any code, "
-            "so hessnorm never does it. If you trust the file, re-save only its tensors: "
-            "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file."
-        ) from exc
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): {exc}"
-        ) from exc
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -94,7 +76,18 @@ def _kind_of(obj: Any) -> str:
 
 
 def detect(path: str | Path) -> str:
-    """The kind of checkpoint at ``path``: hessnorm-run, run-folder, nanogpt or state_dict."""
+    """The kind of checkpoint at ``path``: hessnorm-run, run-folder, nanogpt or state_dict.
+
+    Raises:
+        CheckpointError: an unreadable or unrecognised file, or an empty folder.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save({"w": torch.ones(1)}, p)
+        >>> detect(p)
+        'state_dict'
+    """
     path = Path(path)
     if path.is_dir():
         if not expand(path):
@@ -104,11 +97,14 @@ def detect(path: str | Path) -> str:
 
 
 def expand(path: str | Path) -> list[Path]:
-    """A run folder becomes its checkpoints in step order; a file stays itself."""
+    """A run folder becomes its checkpoints in step order; a file stays itself.
+
+    Example:
+        >>> expand("weights.pt")
+        [PosixPath('weights.pt')]
+    """
     path = Path(path)
     if path.is_dir():
-        from hessnorm.train.checkpoint import list_checkpoints
-
         return [p for _, p in list_checkpoints(path)]
     return [path]
 
@@ -116,7 +112,15 @@ def expand(path: str | Path) -> list[Path]:
 def resolve_callable(spec: str | Callable, what: str) -> Callable:
     """``"pkg.module:function"`` or ``"path/to/file.py:function"`` -> the function.
 
-    This imports user code the user named explicitly (unlike unpickling a file).
+    This imports user code the user named explicitly (unlike unpickling a file); a
+    file is executed as a fresh module each time and not added to ``sys.modules``.
+
+    Raises:
+        ConfigError: a malformed spec, a missing file or module, or no such callable.
+
+    Example:
+        >>> resolve_callable("math:sqrt", "loss")(4.0)
+        2.0
     """
     if callable(spec):
         return spec
@@ -133,7 +137,6 @@ def resolve_callable(spec: str | Callable, what: str) -> Callable:
             mod_name = f"_hessnorm_user_{file.stem}"
             spec_ = importlib.util.spec_from_file_location(mod_name, file)
             module = importlib.util.module_from_spec(spec_)
-            sys.modules[mod_name] = module
             spec_.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
@@ -155,7 +158,20 @@ def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_state_into(
     model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> nn.Module:
-    """Load ``state`` into ``model``, listing every missing, unexpected or mis-shaped key."""
+    """Load ``state`` into ``model``, listing every missing, unexpected or mis-shaped key.
+
+    The ``_orig_mod.`` prefix of ``torch.compile`` is stripped; a tied weight stored
+    once (as safetensors does) is not missing.
+
+    Raises:
+        CheckpointError: naming every mismatched key.
+
+    Example:
+        >>> net = load_state_into(nn.Linear(2, 1), {"_orig_mod.weight": torch.ones(1, 2),
+        ...                                        "_orig_mod.bias": torch.zeros(1)})
+        >>> net.weight.tolist()
+        [[1.0, 1.0]]
+    """
     state = _strip_prefix(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -191,46 +207,21 @@ def load_state_into(
     return model
 
 
-def _lm_batches(
-    tokens, block: int, n: int, seed: int, vocab: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    import numpy as np
-
-    if len(tokens) <= block + 1:
-        raise CheckpointError(
-            f"the evaluation split has {len(tokens)} tokens, fewer than block_size+1 = {block + 1}"
-        )
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(tokens) - block - 1, size=n)
-    x = torch.stack(
-        [torch.from_numpy(np.asarray(tokens[s : s + block], dtype=np.int64)) for s in starts]
-    )
-    y = torch.stack(
-        [
-            torch.from_numpy(np.asarray(tokens[s + 1 : s + 1 + block], dtype=np.int64))
-            for s in starts
-        ]
-    )
-    if int(x.max()) >= vocab:
-        raise CheckpointError(
-            f"token id {int(x.max())} is outside the model's vocabulary of {vocab}"
-        )
-    per = 8
-    return [(x[i : i + per], y[i : i + per]) for i in range(0, n, per)]
-
-
 def _load_nanogpt(ckpt: Mapping, *, data_dir, eval_examples, seed) -> tuple:
-    from hessnorm.train.data import load_text
-    from hessnorm.train.gpt import GPT, GPTConfig, lm_loss
+    from hessnorm.train.gpt import GPTConfig
 
     args = dict(ckpt["model_args"])
     known = set(GPTConfig.__dataclass_fields__)
-    cfg = GPTConfig(**{k: v for k, v in args.items() if k in known})
-    model = GPT(cfg)
-    load_state_into(model, ckpt["model"], "nanoGPT checkpoint")
-    _, val, _ = load_text(data_dir)
-    n = eval_examples or 16
-    batches = _lm_batches(val, cfg.block_size, n, seed, cfg.vocab_size)
+    # every GPTConfig field explicit (nanoGPT's defaults where model_args is silent)
+    options = GPTConfig(**{k: v for k, v in args.items() if k in known}).to_dict()
+    task = build_task("gpt", options | {"data_dir": data_dir}, seed=seed)
+    model = load_state_into(task.model, ckpt["model"], "nanoGPT checkpoint")
+    batches = task.eval_batches(eval_examples)
+    top = max(int(x.max()) for x, _ in batches)
+    if top >= options["vocab_size"]:
+        raise CheckpointError(
+            f"token id {top} is outside the model's vocabulary of {options['vocab_size']}"
+        )
     source = f"val.bin of {data_dir}" if data_dir else "the embedded byte-level corpus (eval split)"
     meta = {
         "kind": "nanogpt",
@@ -243,7 +234,7 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, eval_examples, seed) -> tuple:
         "data": source,
         "rotation": None,
     }
-    return model, batches, lm_loss, meta
+    return model, batches, task.loss_fn, meta
 
 
 def load(
@@ -271,11 +262,27 @@ def load(
         task: a trainer task name, instead of ``model``/``data`` for state_dicts.
         data_dir: nanoGPT data folder with ``val.bin`` (nanoGPT checkpoints), or the
             task's data folder.
-        eval_examples: evaluation examples (sequences for language models).
-        seed: which evaluation examples are drawn (deterministic).
+        eval_examples: evaluation examples (sequences for language models; the
+            task's default when None: 64 for gpt).
+        seed: seeds the model a task builds before the weights are loaded (the
+            evaluation set of every task is deterministic and does not depend on it).
         device, dtype: where and in which precision the model is returned.
 
     ``meta`` always holds ``kind``, ``task``, ``optimizer``, ``step``, ``rotation``.
+
+    Raises:
+        CheckpointError: unreadable, unrecognised or mismatched checkpoints.
+        ConfigError: a state_dict without ``model``/``data`` or ``task``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
+        >>> from safetensors.torch import save_file
+        >>> save_file(nn.Linear(2, 1).state_dict(), str(p))
+        >>> net, batches, loss_fn, meta = load(p, model=lambda: nn.Linear(2, 1),
+        ...                                    data=lambda: [(torch.ones(1, 2), torch.zeros(1))])
+        >>> meta["kind"], type(net).__name__
+        ('state_dict', 'Linear')
     """
     path = Path(path)
     if path.is_dir():
@@ -285,8 +292,6 @@ def load(
     state = read_state(path)
     kind = _kind_of(state)
     if kind == "hessnorm-run":
-        from hessnorm.train import rebuild
-
         net, batches, loss_fn, meta = rebuild(state, eval_examples=eval_examples)
         meta = {**meta, "kind": "hessnorm-run"}
     elif kind == "nanogpt":
@@ -317,8 +322,6 @@ def load(
 
 def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed):
     if task is not None:
-        from hessnorm.train.tasks import build_task
-
         t = build_task(task, seed=seed)
         net = t.model
         load_state_into(net, state, "state_dict")

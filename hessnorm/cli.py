@@ -17,8 +17,11 @@ COMMANDS = {
     "train": ("hessnorm.train.cli", "train a reference model with a chosen optimizer"),
     "analyze": ("hessnorm.analyze", "estimate Hessian norms of checkpoints"),
     "report": ("hessnorm.report", "turn runs and analysis results into tables and figures"),
-    "reproduce": ("hessnorm.reproduce", "reproduce a paper experiment into reports/"),
-    "demo": ("hessnorm.demo", "estimate norms of a small real model and compare with exact values"),
+    "reproduce": ("hessnorm.experiments", "reproduce a paper experiment into reports/"),
+    "demo": (
+        "hessnorm.experiments.demo",
+        "estimate norms of a small real model and compare with exact values",
+    ),
 }
 
 

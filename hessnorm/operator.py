@@ -28,7 +28,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,73 @@ from hessnorm.errors import (
     StochasticModelError,
 )
 
-__all__ = ["HessianOperator", "RotatedOperator", "DenseOperator", "as_operator"]
+__all__ = [
+    "HessianLike",
+    "LossOperator",
+    "HessianOperator",
+    "RotatedOperator",
+    "DenseOperator",
+    "as_operator",
+]
+
+
+@runtime_checkable
+class HessianLike(Protocol):
+    """The operator contract the norm estimators rely on (and nothing more).
+
+    ``d``, ``dtype``, ``device``: the flat space R^d the Hessian acts on.
+    ``matvec_count``: HVPs performed so far (estimators report differences of it).
+    ``hvp(v)``: H v for v of shape (d,) or (k, d), in ``dtype`` on ``device``.
+
+    Any object with these members works with :func:`hessnorm.spectral_norm`,
+    :func:`hessnorm.l11_norm` and :func:`hessnorm.blockwise_smoothness`.
+
+    Example:
+        >>> import torch
+        >>> isinstance(DenseOperator(torch.eye(2)), HessianLike)
+        True
+        >>> isinstance(torch.eye(2), HessianLike)
+        False
+    """
+
+    d: int
+    dtype: torch.dtype
+    device: torch.device
+    matvec_count: int
+
+    def hvp(self, v: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class LossOperator(HessianLike, Protocol):
+    """A :class:`HessianLike` that also knows its loss: what local smoothness and ``exact`` use.
+
+    ``point``: the flat point (d,) the Hessian is taken at.
+    ``loss(x=None)``, ``gradient(x=None)``: the mean loss and its gradient at x
+    (default: ``point``). ``at(x)``: the same loss at another point.
+    ``dense(chunk_size=256)``: the dense (d, d) Hessian (small d; ground truth).
+
+    :class:`HessianOperator`, :class:`RotatedOperator` and :class:`DenseOperator`
+    implement it. Only :class:`HessianOperator` has named parameters
+    (``param_names``, ``param_shapes``, ``param_slices``); the other two act on one
+    unnamed flat vector.
+
+    Example:
+        >>> import torch
+        >>> isinstance(DenseOperator(torch.eye(2)), LossOperator)
+        True
+    """
+
+    point: Tensor
+
+    def loss(self, x: Tensor | None = None) -> float: ...
+
+    def gradient(self, x: Tensor | None = None) -> Tensor: ...
+
+    def at(self, x: Tensor) -> LossOperator: ...
+
+    def dense(self, chunk_size: int = 256) -> Tensor: ...
+
 
 _MODES = ("auto", "fwd", "rev", "graph")
 _BN_MODES = ("batch", "frozen")
@@ -187,6 +253,14 @@ class _Base:
     def rotated(self, rotation) -> RotatedOperator:
         """The Hessian of the rotated loss L(R x~): v -> R^T H R v (paper 000, Sec. 4)."""
         return RotatedOperator(self, rotation)
+
+    def dense(self, chunk_size: int = 256) -> Tensor:
+        """The dense (d, d) matrix, column block by column block through ``hvp``.
+
+        Cost: d HVPs (counted) and d² entries of memory; small d only.
+        """
+        eye = torch.eye(self.d, dtype=self.dtype, device=self.device)
+        return torch.cat([self.hvp(eye[i : i + chunk_size]) for i in range(0, self.d, chunk_size)])
 
 
 class HessianOperator(_Base):
@@ -487,6 +561,32 @@ class HessianOperator(_Base):
             g.add_(gb, alpha=w)
         return g
 
+    def dense(self, chunk_size: int = 256) -> Tensor:
+        """The dense (d, d) Hessian by reverse-over-reverse differentiation.
+
+        ``jacrev`` of the gradient, batch by batch and weighted like every other
+        method: a code path independent of the forward-over-reverse and graph HVPs
+        the estimators use, so comparing the two is a real check (this is the
+        ground truth of :mod:`hessnorm.estimators.exact`). Not counted in
+        ``matvec_count`` (it performs no HVP).
+
+        Cost: about d gradient-sized backward passes per batch and d² entries of
+        memory; small d only (the estimators exist for the rest).
+
+        Example:
+            >>> import torch
+            >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+            >>> op = HessianOperator.from_function(lambda x: 0.5 * x @ A @ x, torch.zeros(2, dtype=torch.float64))
+            >>> torch.equal(op.dense(), A)
+            True
+        """
+        x0 = self.point.detach()
+        H = torch.zeros(self.d, self.d, dtype=self.dtype, device=self.device)
+        for w, b in zip(self._weights, self._batches):
+            grad_fn = torch.func.grad(lambda x, b=b: self._batch_loss(x, b))
+            H.add_(torch.func.jacrev(grad_fn, chunk_size=chunk_size)(x0), alpha=w)
+        return H
+
     # ------------------------------------------------------------------ HVPs
     def hvp(self, v: Tensor) -> Tensor:
         """Hessian-vector product(s) ``H v`` for ``v`` of shape (d,) or (k, d).
@@ -517,6 +617,8 @@ class HessianOperator(_Base):
                 v = torch.zeros(1, self.d, dtype=self.dtype, device=self.device)
                 self._hvp_block_fwd(v, self._batches[:1], [1.0])
                 self._fwd_ok = True
+                # the probe is real work (one HVP on one batch): count it
+                self.matvec_count += 1
             except (RuntimeError, NotImplementedError):
                 self._fwd_ok = False
         return self._fwd_ok
@@ -665,9 +767,6 @@ class RotatedOperator(_Base):
         self.d = base.d
         self.dtype = base.dtype
         self.device = base.device
-        self.param_slices = {"rotated": slice(0, self.d)}
-        self.param_names = ["rotated"]
-        self.param_shapes = {"rotated": torch.Size([self.d])}
 
     @property
     def matvec_count(self) -> int:
@@ -712,9 +811,6 @@ class DenseOperator(_Base):
         self.dtype = H.dtype
         self.device = H.device
         self.matvec_count = 0
-        self.param_slices = {"all": slice(0, self.d)}
-        self.param_names = ["all"]
-        self.param_shapes = {"all": torch.Size([self.d])}
         self.point = torch.zeros(self.d, dtype=H.dtype, device=H.device)
 
     def hvp(self, v: Tensor) -> Tensor:
@@ -734,13 +830,23 @@ class DenseOperator(_Base):
     def at(self, x: Tensor) -> DenseOperator:
         return self
 
+    def dense(self, chunk_size: int = 256) -> Tensor:
+        """The matrix itself (no HVP is performed)."""
+        return self.H
+
     def __repr__(self) -> str:
         return f"DenseOperator(d={self.d}, dtype={self.dtype})"
 
 
-def as_operator(obj) -> Any:
-    """Return ``obj`` if it already has ``hvp``; wrap a dense square tensor otherwise."""
-    if hasattr(obj, "hvp") and hasattr(obj, "d"):
+def as_operator(obj) -> HessianLike:
+    """Return ``obj`` if it is :class:`HessianLike`; wrap a dense square tensor otherwise.
+
+    Example:
+        >>> import torch
+        >>> as_operator(torch.eye(3)).d
+        3
+    """
+    if isinstance(obj, HessianLike):
         return obj
     if isinstance(obj, Tensor):
         return DenseOperator(obj)

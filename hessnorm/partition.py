@@ -26,7 +26,10 @@ from torch import Tensor
 
 from hessnorm.errors import SelectionError
 
-__all__ = ["Partition"]
+__all__ = ["Partition", "PARTITIONS"]
+
+# the names Partition.named (and ``hessnorm train --partition``) accepts
+PARTITIONS = ("by_tensor", "by_row", "coordinates", "single")
 
 
 def _named_shapes(obj: Any) -> dict[str, tuple[int, ...]]:
@@ -153,6 +156,31 @@ class Partition:
         return f"Partition(d={self.d}, n_blocks={self.n_blocks}, kind={self._spec.get('kind')})"
 
     # ------------------------------------------------------------------ constructors
+    @classmethod
+    def named(cls, name: str, op_or_shapes: Any) -> Partition:
+        """The partition called ``name`` (one of :data:`PARTITIONS`) of an operator's coordinates.
+
+        Args:
+            name: ``"by_tensor"``, ``"by_row"``, ``"coordinates"`` or ``"single"``.
+            op_or_shapes: a HessianOperator or a mapping name -> shape in flat order.
+
+        Raises:
+            SelectionError: an unknown name (or shapes the constructor rejects).
+
+        Example:
+            >>> Partition.named("by_tensor", {"w": (2, 3), "b": (2,)}).sizes.tolist()
+            [6, 2]
+            >>> len(Partition.named("coordinates", {"w": (2, 3)}))
+            6
+        """
+        if name not in PARTITIONS:
+            raise SelectionError(f"unknown partition {name!r}; choose one of {PARTITIONS}.")
+        if name in ("by_tensor", "by_row"):
+            return getattr(cls, name)(op_or_shapes)
+        shapes = _named_shapes(op_or_shapes)
+        d = sum(math.prod(s) for s in shapes.values())
+        return cls.coordinates(d) if name == "coordinates" else cls.single(d)
+
     @classmethod
     def coordinates(cls, d: int) -> Partition:
         """Every coordinate its own block (Adam's Φ; S(H, Φ) = ‖H‖₁,₁)."""

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, ShapeError
 
-__all__ = ["Identity", "RandPerm", "ExpSkew", "haar_orthogonal", "from_spec"]
+__all__ = [
+    "Identity",
+    "RandPerm",
+    "ExpSkew",
+    "haar_orthogonal",
+    "from_spec",
+    "parse",
+    "spec_string",
+]
 
 # Parts of at most this size get one dense Haar matrix instead of a 3-D factorisation.
 _DENSE_PART = 512
@@ -287,6 +295,80 @@ def from_spec(spec: Mapping) -> _Rotation:
     if kind == "ExpSkew":
         return ExpSkew(spec["d"], spec["t"], seed=spec.get("seed", 0))
     raise ConfigError(f"unknown rotation kind {kind!r}; expected Identity, RandPerm or ExpSkew")
+
+
+def parse(spec, d: int):
+    """A rotation of R^d from a spec: a rotation object, a ``spec`` dict, or a string.
+
+    Strings name the kind and its options: ``"randperm:depth=2,seed=0"``,
+    ``"expskew:t=0.1,seed=0"``, ``"identity"`` (the spelling ``hessnorm train
+    --rotation`` and ``hessnorm analyze --rotation`` accept); dicts are the
+    ``.spec`` of a rotation; an object with ``apply`` and ``apply_T`` is returned
+    unchanged.
+
+    Raises:
+        ConfigError: an unknown kind, a malformed option or a bad value.
+
+    Example:
+        >>> parse("randperm:depth=2,seed=0", 10).spec
+        {'kind': 'RandPerm', 'd': 10, 'depth': 2, 'seed': 0}
+        >>> parse("identity", 4).spec
+        {'kind': 'Identity', 'd': 4}
+    """
+    if isinstance(spec, _Rotation):
+        return spec
+    if isinstance(spec, Mapping):
+        return from_spec(spec)
+    if not isinstance(spec, str) or not spec:
+        if callable(getattr(spec, "apply", None)) and callable(getattr(spec, "apply_T", None)):
+            return spec
+        raise ConfigError(
+            f"rotation must be a string like 'randperm:depth=2,seed=0', got {spec!r}."
+        )
+    kind, _, opts = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"rotation option {item!r} in {spec!r} must be key=value.")
+        try:
+            kwargs[key.strip()] = float(value) if key.strip() == "t" else int(value)
+        except ValueError as exc:
+            raise ConfigError(f"rotation option {item!r} in {spec!r}: {exc}") from exc
+    kinds = {"randperm": RandPerm, "expskew": ExpSkew, "identity": Identity}
+    if kind.lower() not in kinds:
+        raise ConfigError(
+            f"unknown rotation {kind!r}; choose one of {sorted(kinds)} "
+            f"(e.g. 'randperm:depth=2,seed=0')."
+        )
+    try:
+        return kinds[kind.lower()](d, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for rotation {kind!r}: {exc}") from exc
+
+
+def spec_string(rotation) -> str:
+    """The one-line name of a rotation used in result tables (``"none"`` for None).
+
+    A string is returned as given; a rotation object or spec dict becomes
+    ``"Kind:opt=value,..."`` (without ``d``).
+
+    Example:
+        >>> spec_string(RandPerm(10, depth=2, seed=0))
+        'RandPerm:depth=2,seed=0'
+        >>> spec_string(None), spec_string("expskew:t=0.1")
+        ('none', 'expskew:t=0.1')
+    """
+    if rotation is None:
+        return "none"
+    if isinstance(rotation, str):
+        return rotation
+    spec = getattr(rotation, "spec", rotation)
+    if isinstance(spec, Mapping):
+        kind = spec.get("kind", "rotation")
+        opts = ",".join(f"{k}={v}" for k, v in spec.items() if k not in ("kind", "d"))
+        return f"{kind}:{opts}" if opts else kind
+    return str(spec)
 
 
 def _check_d(d: int) -> int:

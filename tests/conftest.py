@@ -10,7 +10,7 @@ torch.set_num_threads(int(os.environ.get("HESSNORM_TEST_THREADS", "2")))
 def problems():
     """Float64 operators and their dense Hessians for the reference problems (built once)."""
     from hessnorm.estimators import exact
-    from hessnorm.models import make_problem
+    from hessnorm.testing import make_problem
 
     out = {}
     for name in ("mlp", "conv_bn", "transformer"):

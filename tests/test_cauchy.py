@@ -4,7 +4,7 @@ import torch
 from hessnorm.errors import ConfigError
 from hessnorm.estimators import exact
 from hessnorm.estimators.cauchy import cauchy_scale_bias, l11_norm
-from hessnorm.reproduce_l11 import table1_hessian
+from hessnorm.experiments.table1 import table1_hessian
 
 
 def _rank3(d=500):

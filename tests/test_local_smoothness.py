@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 
-from hessnorm.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
-from hessnorm.estimators.local_smoothness import (
-    local_smoothness,
-    local_smoothness_along_run,
-)
+from hessnorm.errors import ConfigError, NonFiniteError, ShapeError
+from hessnorm.estimators import exact
+from hessnorm.estimators.local_smoothness import hessian_local_smoothness, local_smoothness
 from hessnorm.operator import HessianOperator, as_operator
 
 F64 = torch.float64
@@ -31,20 +29,23 @@ def _pair(d, seed):
 # ---------------------------------------------------------------------------- quadratic
 
 
-@pytest.mark.parametrize("kind", ["operator", "callable", "dense"])
+@pytest.mark.parametrize("kind", ["operator", "loss", "gradient", "dense"])
 def test_quadratic_equals_A_delta_over_delta(kind):
     # For f = ½xᵀAx, ∇f(w+γΔ) − ∇f(w) = γAΔ, so every ratio is ‖AΔ‖/‖Δ‖: exact up to
     # float64 roundoff (a few ulps of ‖A‖·‖w‖ divided by γ‖Δ‖ ≥ 0.1·‖Δ‖).
     d = 7
     A = _sym(d, 0)
     w, w_next = _pair(d, 1)
+    grad_fn = None
     if kind == "operator":
         fn = HessianOperator.from_function(lambda x: 0.5 * x @ A @ x, torch.zeros(d, dtype=F64))
-    elif kind == "callable":
-        fn = lambda x: A @ x  # noqa: E731
+    elif kind == "loss":
+        fn = lambda x: 0.5 * x @ A @ x  # noqa: E731
+    elif kind == "gradient":
+        fn, grad_fn = None, lambda x: A @ x
     else:
         fn = as_operator(A)
-    est = local_smoothness(fn, w, w_next, alpha=0.1)
+    est = local_smoothness(fn, w, w_next, alpha=0.1, grad_fn=grad_fn)
     delta = w_next - w
     exact = float(torch.linalg.vector_norm(A @ delta) / torch.linalg.vector_norm(delta))
     assert est.value == pytest.approx(exact, rel=1e-12)
@@ -66,7 +67,7 @@ def test_cubic_matches_closed_form_secants():
     w = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
     w_next = torch.tensor([1.0, 0.0, 1.5], dtype=F64)
     delta = w_next - w
-    est = local_smoothness(lambda x: x**3 / 3, w, w_next, alpha=0.25)
+    est = local_smoothness(lambda x: (x**4).sum() / 12, w, w_next, alpha=0.25)
     expected = [
         float(torch.linalg.vector_norm(((w + g * delta) ** 3 - w**3) / 3) / (g * delta.norm()))
         for g in (0.25, 0.5, 0.75, 1.0)
@@ -124,16 +125,10 @@ def test_model_tends_to_directional_hessian_value_linearly(mlp_operator):
     # At t = 1e-3 the value agrees with the Hessian-based directional value to ~1e-3·C.
     assert errs[2] / directional < 1e-2 * errs[0] / directional + 1e-9
     # And it never exceeds ‖H(w)‖₂ by more than that Taylor term.
-    from hessnorm.estimators import exact
-
     assert directional <= exact.spectral_norm(op) * (1 + 1e-12)
 
 
 def test_hessian_local_smoothness_is_spectral_norm(mlp_operator):
-    pytest.importorskip("hessnorm.estimators.lanczos")
-    from hessnorm.estimators import exact
-    from hessnorm.estimators.local_smoothness import hessian_local_smoothness
-
     op = mlp_operator
     est = hessian_local_smoothness(op, tol=1e-8, seed=0)
     assert est.name == "hessian_local_smoothness"
@@ -151,101 +146,77 @@ def test_hessian_local_smoothness_is_spectral_norm(mlp_operator):
 def test_zero_step_is_an_error():
     w = torch.ones(3, dtype=F64)
     with pytest.raises(ConfigError, match="zero"):
-        local_smoothness(lambda x: x, w, w.clone())
+        local_smoothness(None, w, w.clone(), grad_fn=lambda x: x)
 
 
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 1.5, 0.3, 0.15, float("nan"), float("inf"), True])
 def test_bad_alpha_is_an_error(alpha):
     with pytest.raises(ConfigError, match="alpha"):
-        local_smoothness(lambda x: x, torch.zeros(2), torch.ones(2), alpha=alpha)
+        local_smoothness(None, torch.zeros(2), torch.ones(2), alpha=alpha, grad_fn=lambda x: x)
 
 
 @pytest.mark.parametrize("alpha, n", [(1.0, 1), (0.5, 2), (1 / 3, 3), (0.05, 20)])
 def test_good_alpha_grid(alpha, n):
     est = local_smoothness(
-        lambda x: 2 * x, torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64), alpha=alpha
+        lambda x: (x**2).sum(), torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64), alpha=alpha
     )
     assert len(est.details["gammas"]) == n and est.details["gammas"][-1] == 1.0
     assert est.value == pytest.approx(2.0, rel=1e-14)
 
 
 def test_shape_and_type_errors():
+    def f(x):
+        return (x**2).sum()
+
     with pytest.raises(ShapeError, match="same shape"):
-        local_smoothness(lambda x: x, torch.zeros(2), torch.ones(3))
+        local_smoothness(f, torch.zeros(2), torch.ones(3))
     with pytest.raises(ShapeError, match="flat 1-D"):
-        local_smoothness(lambda x: x, torch.zeros(2, 2), torch.ones(2, 2))
+        local_smoothness(f, torch.zeros(2, 2), torch.ones(2, 2))
     with pytest.raises(ShapeError, match="flat 1-D"):
-        local_smoothness(lambda x: x, [0.0, 1.0], torch.ones(2))
+        local_smoothness(f, [0.0, 1.0], torch.ones(2))
     with pytest.raises(ShapeError, match="gradient function must return"):
-        local_smoothness(lambda x: x[:1], torch.zeros(2), torch.ones(2))
+        local_smoothness(None, torch.zeros(2), torch.ones(2), grad_fn=lambda x: x[:1])
     with pytest.raises(TypeError, match="HessianOperator"):
         local_smoothness(42, torch.zeros(2), torch.ones(2))
+    with pytest.raises(TypeError, match="grad_fn must be callable"):
+        local_smoothness(None, torch.zeros(2), torch.ones(2), grad_fn=3)
+    with pytest.raises(ConfigError, match="not both"):
+        local_smoothness(f, torch.zeros(2), torch.ones(2), grad_fn=lambda x: x)
+
+
+def test_a_gradient_passed_as_the_loss_says_how_to_pass_it():
+    # the mistake the old API invited: a gradient function where the loss goes
+    A = torch.eye(3, dtype=F64)
+    with pytest.raises(ShapeError, match="grad_fn="):
+        local_smoothness(lambda x: A @ x, torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
+
+
+def test_scalar_loss_equals_the_operator_form():
+    # local_smoothness(loss_fn, w, w_next) differentiates the loss exactly as
+    # HessianOperator.from_function does: the same gradients, so the same bits.
+    A = _sym(6, 7)
+
+    def f(x):
+        return 0.5 * x @ A @ x + torch.cos(x).sum() + (x**4).sum() / 10
+
+    w, w_next = _pair(6, 8)
+    by_loss = local_smoothness(f, w, w_next)
+    by_op = local_smoothness(HessianOperator.from_function(f, w), w, w_next)
+    assert by_loss.value == by_op.value
+    assert by_loss.details["ratios"] == by_op.details["ratios"]
+    assert by_loss.details["grad_norm"] == by_op.details["grad_norm"]
 
 
 def test_nonfinite_gradient_is_an_error():
     with pytest.raises(NonFiniteError, match="NaN/Inf"):
-        local_smoothness(lambda x: torch.log(x), torch.ones(2), -torch.ones(2))
-
-
-def test_along_run_checks_the_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        local_smoothness_along_run(tmp_path / "missing")
-    (tmp_path / "ckpt_000010.pt").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="1 checkpoint"):
-        local_smoothness_along_run(tmp_path)
-    (tmp_path / "ckpt_000020.pt").write_bytes(b"")
-    with pytest.raises(ConfigError, match="alpha"):
-        local_smoothness_along_run(tmp_path, alpha=0.3)
+        local_smoothness(lambda x: (x * torch.log(x)).sum(), torch.ones(2), -torch.ones(2))
 
 
 def test_value_is_deterministic():
     A = _sym(5, 4)
     w, w_next = _pair(5, 5)
-    f = lambda x: A @ x + torch.sin(x)  # noqa: E731
+    f = lambda x: 0.5 * x @ A @ x - torch.cos(x).sum()  # noqa: E731
     a = local_smoothness(f, w, w_next)
     b = local_smoothness(f, w, w_next)
     assert a.value == b.value and a.details["ratios"] == b.details["ratios"]
     assert math.isfinite(a.value)
-
-
-def test_along_run_matches_quadratic_and_the_trainer_hook(tmp_path):
-    # Needs the reference trainer. On its quadratic task (float64, one fixed batch) the
-    # loss is ½xᵀHx-type, so each row equals ‖HΔ‖/‖Δ‖ to roundoff, and it equals what the
-    # trainer's --record-smoothness-every hook logged before the same step (its row k+1).
-    train_mod = pytest.importorskip("hessnorm.train")
-    import pandas as pd
-
-    from hessnorm.estimators import exact
-
-    cfg = train_mod.TrainConfig(
-        task="quadratic",
-        optimizer="adam",
-        steps=4,
-        ckpt_every=1,
-        out=str(tmp_path / "run"),
-        progress=False,
-        dtype="float64",
-        record_smoothness_every=1,
-        task_options={"d": 20},
-    )
-    train_mod.train(cfg)
-    df = local_smoothness_along_run(tmp_path / "run", progress=False)
-    assert list(df.step) == [1, 2, 3] and list(df.next_step) == [2, 3, 4]
-    ckpts = sorted((tmp_path / "run").glob("ckpt_*.pt"))
-    ops = []
-    for path in ckpts:
-        model, batches, loss_fn, _ = train_mod.rebuild(path)
-        ops.append(HessianOperator.from_module(model, loss_fn, batches))
-    H = exact.hessian(ops[0])
-    for i, row in df.iterrows():
-        delta = ops[i + 1].point - ops[i].point
-        want = float((H @ delta).norm() / delta.norm())
-        assert row.local_smoothness == pytest.approx(want, rel=1e-10)
-        assert row.grad_norm == pytest.approx(float(ops[i].gradient().norm()), rel=1e-12)
-    logged = pd.read_csv(tmp_path / "run" / "metrics.csv").set_index("step")
-    for row in df.itertuples():
-        assert row.local_smoothness == pytest.approx(
-            logged.local_smoothness[row.step + 1], rel=1e-9
-        )
-        assert row.grad_norm == pytest.approx(logged.smooth_grad_norm[row.step + 1], rel=1e-9)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from hessnorm.errors import SelectionError
-from hessnorm.models import make_problem
 from hessnorm.partition import Partition
+from hessnorm.testing import make_problem
 
 
 def test_coordinates_and_single():

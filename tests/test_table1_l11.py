@@ -1,7 +1,4 @@
 import pytest
-
-from hessnorm.estimators import exact
-from hessnorm.estimators.cauchy import l11_norm
 from hessnorm.reproduce_l11 import (
     PAPER_L11_PER_D,
     PAPER_T,
@@ -9,6 +6,9 @@ from hessnorm.reproduce_l11 import (
     table1_rows,
     table1_sigma,
 )
+
+from hessnorm.estimators import exact
+from hessnorm.estimators.cauchy import l11_norm
 
 
 def test_sigma_reading():

@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hessnorm.train.experiments import quadratic_runs, reproduce_table1
 
 from hessnorm.errors import CheckpointError, ConfigError, NonFiniteError
 from hessnorm.optim import AdaSGD
 from hessnorm.train import GPT, GPTConfig, TrainConfig, build_task, rebuild, train
 from hessnorm.train.data import safe_unpickle
-from hessnorm.train.experiments import quadratic_runs, reproduce_table1
 from hessnorm.train.tasks import quadratic_sigma
 
 SMALL = {
@@ -239,7 +239,6 @@ def test_reproduce_table1_quick_writes_the_table(tmp_path):
 @pytest.mark.slow
 def test_reproduce_table1_full_matches_the_paper(tmp_path):
     import pandas as pd
-
     from hessnorm.train.experiments import TABLE1_PAPER
 
     reproduce_table1(tmp_path, quick=False, seed=0, progress=False)

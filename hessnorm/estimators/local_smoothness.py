@@ -12,9 +12,10 @@ smooth loss each ratio is ``‖H(w)Δ‖/‖Δ‖ + O(γ‖Δ‖·‖∇³f‖)`
 shrinks it tends to the directional curvature, bounded by ``‖H(w)‖₂`` — which
 :func:`hessian_local_smoothness` estimates with Lanczos.
 
-:func:`local_smoothness_along_run` computes the same numbers afterwards from a
-training run's consecutive checkpoints; the pairs ``(grad_norm, local_smoothness)``
-feed :func:`hessnorm.l0l1.fit_l0l1` (paper 003, Assumption 1 and Fig. 1b).
+:func:`hessnorm.analyze.smoothness_along_run` computes the same numbers afterwards
+from a training run's consecutive checkpoints; the pairs ``(grad_norm,
+local_smoothness)`` feed :func:`hessnorm.l0l1.fit_l0l1` (paper 003, Assumption 1 and
+Fig. 1b). This module knows nothing of run folders.
 """
 
 from __future__ import annotations
@@ -22,20 +23,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hessnorm.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
+from hessnorm.errors import ConfigError, NonFiniteError, ShapeError
 from hessnorm.estimate import Estimate
+from hessnorm.operator import LossOperator
 
-__all__ = ["local_smoothness", "hessian_local_smoothness", "local_smoothness_along_run"]
+__all__ = ["local_smoothness", "hessian_local_smoothness", "check_alpha"]
 
 
-def _grid(alpha: float) -> list[float]:
-    """The step fractions ``{α, 2α, …, 1}`` for ``α = 1/n``, with the last one exactly 1."""
+def check_alpha(alpha: float) -> list[float]:
+    """The step fractions ``{α, 2α, …, 1}`` for ``α = 1/n``, with the last one exactly 1.
+
+    Raises:
+        ConfigError: ``alpha`` outside (0, 1] or ``1/alpha`` not an integer.
+
+    Example:
+        >>> check_alpha(0.25)
+        [0.25, 0.5, 0.75, 1.0]
+    """
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
         raise ConfigError(f"alpha must be a finite number in (0, 1], got {alpha!r}")
     if not 0.0 < alpha <= 1.0:
@@ -51,22 +60,50 @@ def _grid(alpha: float) -> list[float]:
     return [k / n for k in range(1, n + 1)]
 
 
-def _gradient_function(fn_or_op: Any) -> tuple[Callable[[Tensor], Tensor], torch.dtype | None, Any]:
-    if hasattr(fn_or_op, "gradient"):
-        return (
-            fn_or_op.gradient,
-            getattr(fn_or_op, "dtype", None),
-            getattr(fn_or_op, "device", None),
-        )
-    if callable(fn_or_op):
-        return fn_or_op, None, None
+def _gradient_function(
+    loss: Any, grad_fn: Callable[[Tensor], Tensor] | None
+) -> tuple[Callable[[Tensor], Tensor], torch.dtype | None, Any]:
+    if grad_fn is not None:
+        if loss is not None:
+            raise ConfigError(
+                "pass either a loss (function or operator) or grad_fn=, not both: "
+                "local_smoothness(loss_fn, w, w_next) or local_smoothness(None, w, w_next, "
+                "grad_fn=g)"
+            )
+        if not callable(grad_fn):
+            raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
+        return grad_fn, None, None
+    if isinstance(loss, LossOperator):
+        return loss.gradient, loss.dtype, loss.device
+    if callable(loss):
+        g = torch.func.grad(loss)
+
+        def gradient(x: Tensor) -> Tensor:
+            val = loss(x)
+            if not isinstance(val, Tensor) or val.numel() != 1:
+                raise ShapeError(
+                    "the loss function must return a scalar tensor, got "
+                    f"{tuple(val.shape) if isinstance(val, Tensor) else type(val).__name__}; "
+                    "to pass a gradient function use the keyword: "
+                    "local_smoothness(None, w, w_next, grad_fn=g)"
+                )
+            return g(x)
+
+        return gradient, None, None
     raise TypeError(
-        "local_smoothness needs a HessianOperator (anything with .gradient(x)) or a callable "
-        f"mapping a flat parameter tensor to its flat gradient; got {type(fn_or_op).__name__}"
+        "local_smoothness needs a scalar loss function of a flat tensor, a HessianOperator "
+        f"(or another LossOperator), or grad_fn=; got {type(loss).__name__}"
     )
 
 
-def local_smoothness(fn_or_op: Any, w: Tensor, w_next: Tensor, *, alpha: float = 0.1) -> Estimate:
+def local_smoothness(
+    loss: Any,
+    w: Tensor,
+    w_next: Tensor,
+    *,
+    alpha: float = 0.1,
+    grad_fn: Callable[[Tensor], Tensor] | None = None,
+) -> Estimate:
     r"""Finite-difference local smoothness of the loss along the step ``w → w_next``.
 
     .. math::
@@ -75,9 +112,11 @@ def local_smoothness(fn_or_op: Any, w: Tensor, w_next: Tensor, *, alpha: float =
         \qquad \Delta = w_{next} - w,
 
     the estimator of paper 003, App. E ("How we evaluate the local smoothness"),
-    taken from Zhang et al. (2019a). The gradient is that of ``fn_or_op``: for a
-    :class:`~hessnorm.operator.HessianOperator` it is the gradient of the mean loss
-    over the operator's evaluation set, so the value refers to that same set.
+    taken from Zhang et al. (2019a). The gradient is that of ``loss``: a scalar
+    function of the flat parameters (differentiated with ``torch.func.grad``, as
+    :meth:`HessianOperator.from_function` does), or an operator, whose gradient is
+    that of the mean loss over its evaluation set, so the value refers to that same
+    set. A gradient function is accepted only as ``grad_fn=`` (with ``loss=None``).
 
     The result is a deterministic finite-difference quantity, not a statistical
     estimate: ``low == high == value`` and ``confidence = 1.0`` mean "exact for
@@ -88,12 +127,15 @@ def local_smoothness(fn_or_op: Any, w: Tensor, w_next: Tensor, *, alpha: float =
     ``details["n_grad"]`` counts the gradients).
 
     Args:
-        fn_or_op: a HessianOperator (or anything with ``.gradient(x)``), or a callable
-            ``grad_fn(x) -> ∇f(x)`` on flat tensors of shape (d,). With an operator,
-            ``w`` and ``w_next`` are cast to its dtype and device.
+        loss: a scalar loss ``f(x)`` of a flat tensor (d,), or a
+            :class:`~hessnorm.operator.LossOperator` (e.g. a HessianOperator); with
+            an operator, ``w`` and ``w_next`` are cast to its dtype and device.
+            ``None`` when ``grad_fn`` is given.
         w: current iterate, flat tensor of shape (d,).
         w_next: next iterate, same shape.
         alpha: grid spacing; ``1/alpha`` must be an integer (default 0.1: 10 points).
+        grad_fn: a gradient function ``x -> ∇f(x)`` on flat tensors, instead of ``loss``
+            (for gradients torch cannot compute, e.g. from numpy).
 
     Returns:
         Estimate named ``"local_smoothness"`` with ``details``: ``grad_norm``
@@ -103,20 +145,23 @@ def local_smoothness(fn_or_op: Any, w: Tensor, w_next: Tensor, *, alpha: float =
     Raises:
         ConfigError: ``alpha`` outside (0, 1] or ``1/alpha`` not an integer, or a
             zero step (``w_next == w``).
-        ShapeError: ``w`` and ``w_next`` are not flat tensors of the same shape.
+        ShapeError: ``w`` and ``w_next`` are not flat tensors of the same shape, or
+            the loss function does not return a scalar.
+        TypeError: ``loss`` is neither a function nor an operator.
         NonFiniteError: a gradient contains NaN or Inf.
 
     Example:
         >>> import torch
         >>> A = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
-        >>> est = local_smoothness(lambda x: A @ x, torch.zeros(2, dtype=torch.float64),
-        ...                        torch.tensor([0.0, 1.0], dtype=torch.float64))
-        >>> est.value  # ‖AΔ‖/‖Δ‖ for Δ = e₂
+        >>> w, w_next = torch.zeros(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+        >>> local_smoothness(lambda x: 0.5 * x @ A @ x, w, w_next).value  # ‖AΔ‖/‖Δ‖ for Δ = e₂
+        4.0
+        >>> local_smoothness(None, w, w_next, grad_fn=lambda x: A @ x).value
         4.0
     """
     t0 = time.perf_counter()
-    gammas = _grid(alpha)
-    grad_fn, dtype, device = _gradient_function(fn_or_op)
+    gammas = check_alpha(alpha)
+    grad_fn, dtype, device = _gradient_function(loss, grad_fn)
     for name, v in (("w", w), ("w_next", w_next)):
         if not isinstance(v, Tensor) or v.dim() != 1 or not v.is_floating_point():
             raise ShapeError(
@@ -183,7 +228,7 @@ def local_smoothness(fn_or_op: Any, w: Tensor, w_next: Tensor, *, alpha: float =
 def hessian_local_smoothness(
     op: Any, w: Tensor | None = None, *, tol: float = 1e-3, seed: int = 0, **kwargs
 ) -> Estimate:
-    """Hessian-based local smoothness ``‖H(w)‖₂`` (the quantity Assumption 1 of paper 003 bounds).
+    """Hessian-based local smoothness ``‖H(w)‖₂`` (what Assumption 1 of paper 003 bounds).
 
     Runs :func:`hessnorm.estimators.lanczos.spectral_norm` on ``op`` (moved to ``w``
     with ``op.at(w)`` when ``w`` is given) and adds ``details["grad_norm"] = ‖∇f(w)‖``
@@ -203,6 +248,13 @@ def hessian_local_smoothness(
     Returns:
         The Lanczos Estimate renamed ``"hessian_local_smoothness"``, with ``grad_norm``
         added to its details.
+
+    Example:
+        >>> import torch
+        >>> from hessnorm.operator import DenseOperator
+        >>> est = hessian_local_smoothness(DenseOperator(torch.diag(torch.tensor([1.0, -3.0], dtype=torch.float64))))
+        >>> round(est.value, 6), est.details["grad_norm"]
+        (3.0, 0.0)
     """
     from hessnorm.estimators.lanczos import spectral_norm
 
@@ -221,100 +273,4 @@ def hessian_local_smoothness(
         seconds=est.seconds,
         d=est.d,
         details=details,
-    )
-
-
-def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    if not run_dir.is_dir():
-        raise CheckpointError(
-            f"run folder {run_dir} does not exist; pass the folder `hessnorm train` wrote"
-        )
-    from hessnorm.train.checkpoint import list_checkpoints
-
-    found = list_checkpoints(run_dir)
-    if len(found) < 2:
-        raise CheckpointError(
-            f"{run_dir} holds {len(found)} checkpoint(s) named ckpt_XXXXXX.pt; local smoothness needs "
-            "at least two consecutive ones (train with a smaller --ckpt-every)"
-        )
-    return found
-
-
-def local_smoothness_along_run(
-    run_dir: str | Path,
-    *,
-    alpha: float = 0.1,
-    eval_examples: int | None = None,
-    progress: bool = True,
-):
-    """Local smoothness between consecutive checkpoints of a training run.
-
-    For consecutive checkpoints ``ckpt_a.pt``, ``ckpt_b.pt`` (sorted by step) the row
-    for step ``a`` is :func:`local_smoothness` with ``w = θ_a`` and ``w_next = θ_b``,
-    gradients of the mean loss over the evaluation set rebuilt by
-    ``hessnorm.train.rebuild(ckpt, eval_examples=...)`` (the same set for every
-    checkpoint). When checkpoints are saved every K > 1 steps, Δ spans K optimizer
-    steps, so the value is the smoothness along that longer segment (paper 003,
-    App. E, uses single steps). Pairs whose parameters did not change are skipped.
-
-    Cost: ``(1/α + 1)`` gradients over the evaluation set per pair.
-
-    Args:
-        run_dir: the run folder holding ``ckpt_XXXXXX.pt`` files.
-        alpha: grid spacing of :func:`local_smoothness`.
-        eval_examples: size of the evaluation set (passed to ``rebuild``).
-        progress: show a tqdm progress bar.
-
-    Returns:
-        pandas.DataFrame with columns ``step``, ``next_step``, ``grad_norm``,
-        ``local_smoothness``, ``step_norm``, ``argmax_gamma``, ``loss``.
-    """
-    import pandas as pd
-
-    run_dir = Path(run_dir)
-    ckpts = _checkpoints(run_dir)
-    _grid(alpha)  # fail on a bad alpha before rebuilding any model
-
-    from hessnorm.operator import HessianOperator
-    from hessnorm.train import rebuild
-
-    def operator(path: Path):
-        model, batches, loss_fn, _meta = rebuild(path, eval_examples=eval_examples)
-        return HessianOperator.from_module(model, loss_fn, batches)
-
-    iterator = range(len(ckpts) - 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="local smoothness", unit="ckpt")
-    rows = []
-    op_next = operator(ckpts[0][1])
-    for i in iterator:
-        op, op_next = op_next, operator(ckpts[i + 1][1])
-        w, w_next = op.point, op_next.point.to(op.dtype)
-        if torch.equal(w, w_next):
-            continue
-        est = local_smoothness(op, w, w_next, alpha=alpha)
-        rows.append(
-            {
-                "step": ckpts[i][0],
-                "next_step": ckpts[i + 1][0],
-                "grad_norm": est.details["grad_norm"],
-                "local_smoothness": est.value,
-                "step_norm": est.details["step_norm"],
-                "argmax_gamma": est.details["argmax_gamma"],
-                "loss": op.loss(),
-            }
-        )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "step",
-            "next_step",
-            "grad_norm",
-            "local_smoothness",
-            "step_norm",
-            "argmax_gamma",
-            "loss",
-        ],
     )

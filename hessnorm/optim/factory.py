@@ -12,62 +12,12 @@ from hessnorm.optim.adasgd import AdaSGD
 from hessnorm.optim.blockwise import BlockwiseAdam
 from hessnorm.optim.rotated import Rotated
 from hessnorm.optim.signgd import SignGD
+from hessnorm.partition import Partition
+from hessnorm.rotation import parse as parse_rotation
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "parse_rotation", "make_partition"]
+__all__ = ["OPTIMIZERS", "make_optimizer"]
 
 OPTIMIZERS = ("adam", "adasgd", "rotated-adam", "blockwise-adam", "sgd", "signgd", "rmsprop")
-PARTITIONS = ("by_tensor", "by_row", "coordinates", "single")
-
-
-def parse_rotation(spec, d: int):
-    """A rotation of R^d from a spec: an object with apply/apply_T, a dict, or a string.
-
-    Strings name the kind and its options: ``"randperm:depth=2,seed=0"``,
-    ``"expskew:t=0.1,seed=0"``, ``"identity"``; dicts are ``hessnorm.rotation`` specs.
-    """
-    import hessnorm.rotation as rot
-
-    if hasattr(spec, "apply") and hasattr(spec, "apply_T"):
-        return spec
-    if isinstance(spec, dict):
-        return rot.from_spec(spec)
-    if not isinstance(spec, str) or not spec:
-        raise ConfigError(
-            f"rotation must be a string like 'randperm:depth=2,seed=0', got {spec!r}."
-        )
-    kind, _, opts = spec.partition(":")
-    kwargs = {}
-    for item in filter(None, opts.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"rotation option {item!r} in {spec!r} must be key=value.")
-        kwargs[key.strip()] = float(value) if key.strip() == "t" else int(value)
-    kinds = {"randperm": rot.RandPerm, "expskew": rot.ExpSkew, "identity": rot.Identity}
-    if kind.lower() not in kinds:
-        raise ConfigError(
-            f"unknown rotation {kind!r}; choose one of {sorted(kinds)} "
-            f"(e.g. 'randperm:depth=2,seed=0')."
-        )
-    try:
-        return kinds[kind.lower()](d, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for rotation {kind!r}: {exc}") from exc
-
-
-def make_partition(name: str, named_shapes: dict[str, torch.Size]):
-    """A :class:`hessnorm.partition.Partition` of the flat parameters by name."""
-    from hessnorm.partition import Partition
-
-    d = sum(int(torch.Size(s).numel()) for s in named_shapes.values())
-    if name == "coordinates":
-        return Partition.coordinates(d)
-    if name == "single":
-        return Partition.single(d)
-    if name == "by_tensor":
-        return Partition.by_tensor(named_shapes)
-    if name == "by_row":
-        return Partition.by_row(named_shapes)
-    raise ConfigError(f"unknown partition {name!r}; choose one of {PARTITIONS}.")
 
 
 def make_optimizer(
@@ -123,7 +73,7 @@ def make_optimizer(
     if name == "adasgd":
         return AdaSGD(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **paper)
     if name == "blockwise-adam":
-        part = make_partition(partition, {n: p.shape for n, p in named})
+        part = Partition.named(partition, {n: p.shape for n, p in named})
         return BlockwiseAdam(
             params, part, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **paper
         )

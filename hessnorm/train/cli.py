@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from hessnorm.optim.factory import OPTIMIZERS, PARTITIONS
+from hessnorm.optim.factory import OPTIMIZERS
+from hessnorm.partition import PARTITIONS
 from hessnorm.train.loop import TrainConfig, train
 from hessnorm.train.tasks import TASKS
 

@@ -1,4 +1,4 @@
-"""The reference training loop: one dataclass config, one function.
+"""The reference training loop: one dataclass config, one function built from small steps.
 
 Run from the shell (``hessnorm train``) or from Python::
 
@@ -19,25 +19,26 @@ import csv
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from hessnorm._io import atomic_write
 from hessnorm.errors import CheckpointError, ConfigError, NonFiniteError
 from hessnorm.optim.factory import OPTIMIZERS, make_optimizer
-from hessnorm.train.checkpoint import (
-    atomic_write,
+from hessnorm.train.runs import (
+    DTYPES,
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
+    rebuild,
     save_checkpoint,
 )
-from hessnorm.train.tasks import TASKS, build_task, cosine_lr
+from hessnorm.train.tasks import TASKS, Task, build_task, cosine_lr
 
 __all__ = ["TrainConfig", "train", "rebuild"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "lr", "grad_norm", "update_norm", "seconds"]
 SMOOTH_COLUMNS = ["local_smoothness", "smooth_grad_norm"]
 # Settings that may differ between a run and its resumption without changing the math.
@@ -87,10 +88,22 @@ class TrainConfig:
     compile: bool = False
 
     def to_dict(self) -> dict:
+        """The config as a JSON-able dict (what ``config.json`` holds).
+
+        Example:
+            >>> TrainConfig(steps=3).to_dict()["steps"]
+            3
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config of a dict, ignoring unknown keys (configs of newer versions).
+
+        Example:
+            >>> TrainConfig.from_dict({"steps": 5, "unknown": 1}).steps
+            5
+        """
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -110,7 +123,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}."
         )
-    if cfg.dtype not in _DTYPES:
+    if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; use float32 or float64.")
     if cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1, got {cfg.steps}.")
@@ -168,28 +181,256 @@ def _eval_loss(model, loss_fn, batches, autocast) -> float:
 
 
 def _smoothness(model, loss_fn, batch, w, w_next):
-    """Local smoothness (paper 003, App. E) of the training-batch loss along w -> w_next."""
-    from torch.func import functional_call, grad
+    """Local smoothness (paper 003, App. E) of the training-batch loss along w -> w_next.
 
+    The loss is the operator's (``HessianOperator.from_module`` on the one batch,
+    evaluation mode, BatchNorm with running statistics when the model keeps them).
+    """
     from hessnorm.estimators.local_smoothness import local_smoothness
+    from hessnorm.operator import HessianOperator
 
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    shapes = [p.shape for _, p in model.named_parameters() if p.requires_grad]
-    sizes = [s.numel() for s in shapes]
-    x, y = batch
-
-    def f(flat):
-        parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
-        return loss_fn(functional_call(model, parts, (x,)), y)
-
-    g = grad(f)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    frozen = bool(bn) and all(m.running_mean is not None for m in bn)
     was = model.training
     model.eval()
     try:
-        est = local_smoothness(lambda v: g(v).detach(), w, w_next)
+        op = HessianOperator.from_module(
+            model, loss_fn, [batch], batchnorm="frozen" if frozen else "batch"
+        )
     finally:
         model.train(was)
+    est = local_smoothness(op, w, w_next)
     return est.value, est.details["grad_norm"]
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _open_run_folder(cfg: TrainConfig) -> tuple[Path, dict | None, Path | None]:
+    """Create ``cfg.out``; with ``resume``, the last checkpoint (checked against ``cfg``)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = list_checkpoints(out)
+    if existing and not cfg.resume:
+        raise ConfigError(
+            f"{out} already holds checkpoints (last: step {existing[-1][0]}); pass "
+            "--resume (resume=True) to continue it, or choose another --out."
+        )
+    if not existing:
+        return out, None, None
+    ckpt = load_checkpoint(existing[-1][1])
+    saved = TrainConfig.from_dict(ckpt["config"])
+    diff = [
+        f.name
+        for f in fields(TrainConfig)
+        if f.name not in _RESUMABLE and getattr(saved, f.name) != getattr(cfg, f.name)
+    ]
+    if diff:
+        raise ConfigError(
+            f"cannot resume {out}: settings {diff} differ from the saved run; use the "
+            "same settings (only steps, ckpt/eval frequency, device, progress may change)."
+        )
+    return out, ckpt, existing[-1][1]
+
+
+@dataclass
+class _Hyper:
+    """The hyper-parameters of a run: the config's, or the task's defaults where it says None."""
+
+    lr: float
+    betas: tuple[float, float]
+    schedule: str
+    warmup: int
+    eval_examples: int | None
+    eval_every: int
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, defaults: dict) -> _Hyper:
+        warmup = cfg.warmup if cfg.warmup is not None else defaults["warmup"]
+        return cls(
+            lr=cfg.lr if cfg.lr is not None else defaults["lr"],
+            betas=(
+                cfg.beta1 if cfg.beta1 is not None else defaults["betas"][0],
+                cfg.beta2 if cfg.beta2 is not None else defaults["betas"][1],
+            ),
+            schedule=cfg.schedule or defaults["schedule"],
+            warmup=max(1, cfg.steps // 20) if warmup is None else warmup,
+            eval_examples=(
+                cfg.eval_examples if cfg.eval_examples is not None else defaults["eval_examples"]
+            ),
+            eval_every=cfg.eval_every or max(1, cfg.steps // 10),
+        )
+
+    def lr_at(self, step: int, steps: int) -> float:
+        if self.schedule == "cosine":
+            return cosine_lr(step, lr=self.lr, steps=steps, warmup=self.warmup)
+        return self.lr
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds while it trains."""
+
+    cfg: TrainConfig
+    out: Path
+    task: Task
+    hyper: _Hyper
+    device: torch.device
+    opt: torch.optim.Optimizer
+    params: list
+    gen: torch.Generator
+    eval_batches: list
+    use_amp: bool
+    forward: Callable
+    columns: list[str]
+    meta: dict
+    rows: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
+    last_ckpt: Path | None = None
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _setup(cfg: TrainConfig, out: Path) -> _Run:
+    """Build the task, optimizer, data generator and checkpoint metadata of a run."""
+    device = _device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    task = build_task(cfg.task, _task_options(cfg), seed=cfg.seed, dtype=dtype, device=device)
+    hyper = _Hyper.resolve(cfg, task.defaults)
+    model = task.model
+    model.train()
+    opt = make_optimizer(
+        cfg.optimizer,
+        model.named_parameters(),
+        lr=hyper.lr,
+        betas=hyper.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        partition=cfg.partition,
+        rotation=cfg.rotation,
+        bias_correction=cfg.bias_correction,
+        eps_inside=cfg.eps_inside,
+        v0=cfg.v0,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    meta = dict(
+        task=cfg.task,
+        task_options=task.options,
+        config=cfg.to_dict(),
+        d=sum(p.numel() for p in params),
+        param_names=[n for n, p in model.named_parameters() if p.requires_grad],
+        dtype=cfg.dtype,
+        lr=hyper.lr,
+        betas=list(hyper.betas),
+        schedule=hyper.schedule,
+        warmup=hyper.warmup,
+    )
+    if cfg.task == "gpt" and task.options.get("data_dir") is None:
+        from hessnorm.train.data import corpus_info
+
+        meta["corpus"] = corpus_info()
+    return _Run(
+        cfg=cfg,
+        out=out,
+        task=task,
+        hyper=hyper,
+        device=device,
+        opt=opt,
+        params=params,
+        gen=torch.Generator().manual_seed(cfg.seed),
+        eval_batches=task.eval_batches(hyper.eval_examples),
+        use_amp=device.type == "cuda" and dtype == torch.float32,
+        forward=torch.compile(model) if (cfg.compile and device.type == "cuda") else model,
+        columns=METRIC_COLUMNS + (SMOOTH_COLUMNS if cfg.record_smoothness_every else []),
+        meta=meta,
+    )
+
+
+def _restore(run: _Run, ckpt: dict, path: Path) -> int:
+    """Load weights, optimizer state, random states and metrics; the step to resume from."""
+    try:
+        run.task.model.load_state_dict(ckpt["model"])
+        run.opt.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit: {exc}") from exc
+    run.gen.set_state(ckpt["rng"]["data"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], run.device)
+    start, run.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+    run.rows = _read_metrics(run.out / "metrics.csv", start)
+    return start
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def _save(run: _Run, step: int) -> Path:
+    # metrics first: a kill between the two writes leaves rows past the last
+    # checkpoint, which resume drops; the other order would lose rows
+    _write_metrics(run.out / "metrics.csv", run.rows, run.columns)
+    path = run.out / checkpoint_name(step)
+    save_checkpoint(
+        path,
+        dict(
+            run.meta,
+            step=step,
+            model=run.task.model.state_dict(),
+            optimizer=run.opt.state_dict(),
+            rng=_rng_state(run.gen, run.device),
+            elapsed=run.elapsed,
+        ),
+    )
+    return path
+
+
+def _step(run: _Run, step: int) -> dict:
+    """One optimizer step (``step`` counts from 0); its metrics row (without eval/seconds)."""
+    cfg, model, loss_fn = run.cfg, run.task.model, run.task.loss_fn
+    lr_now = run.hyper.lr_at(step, cfg.steps)
+    for group in run.opt.param_groups:
+        group["lr"] = lr_now
+    batch = run.task.sample(run.gen)
+    with run.autocast():
+        loss = loss_fn(run.forward(batch[0]), batch[1])
+    if not torch.isfinite(loss):
+        where = f"; the last good checkpoint is {run.last_ckpt}" if run.last_ckpt else ""
+        raise NonFiniteError(
+            f"the training loss is {float(loss.detach())} at step {step + 1} ({cfg.optimizer}, "
+            f"lr={lr_now:g}){where}; lower the learning rate."
+        )
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(
+        torch.linalg.vector_norm(
+            torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in run.params if p.grad is not None]
+            )
+        )
+    )
+    w = _flat(run.params)
+    run.opt.step()
+    w_next = _flat(run.params)
+    row = dict(
+        step=step + 1,
+        train_loss=float(loss.detach()),
+        eval_loss="",
+        lr=lr_now,
+        grad_norm=grad_norm,
+        update_norm=float(torch.linalg.vector_norm(w_next - w)),
+    )
+    K = cfg.record_smoothness_every
+    if K and step % K == 0 and not torch.equal(w, w_next):
+        row["local_smoothness"], row["smooth_grad_norm"] = _smoothness(
+            model, loss_fn, batch, w, w_next
+        )
+    return row
+
+
+# ---------------------------------------------------------------------------- train
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -203,130 +444,27 @@ def train(cfg: TrainConfig) -> dict:
             ``resume`` (or a resume whose config differs from the saved one).
         NonFiniteError: the loss became NaN/Inf; training stops there and the last
             good checkpoint is kept (the message names the step).
+
+    Example:
+        >>> import tempfile
+        >>> summary = train(TrainConfig(task="quadratic", steps=3, out=tempfile.mkdtemp(),
+        ...                             progress=False, task_options={"d": 20}))
+        >>> summary["step"], summary["checkpoint"].endswith("ckpt_000003.pt")
+        (3, True)
     """
     _validate(cfg)
-    device = _device(cfg.device)
-    dtype = _DTYPES[cfg.dtype]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = list_checkpoints(out)
-    ckpt = None
-    if existing and not cfg.resume:
-        raise ConfigError(
-            f"{out} already holds checkpoints (last: step {existing[-1][0]}); pass "
-            "--resume (resume=True) to continue it, or choose another --out."
-        )
-    if existing:
-        ckpt = load_checkpoint(existing[-1][1])
-        saved = TrainConfig.from_dict(ckpt["config"])
-        diff = [
-            f.name
-            for f in fields(TrainConfig)
-            if f.name not in _RESUMABLE and getattr(saved, f.name) != getattr(cfg, f.name)
-        ]
-        if diff:
-            raise ConfigError(
-                f"cannot resume {out}: settings {diff} differ from the saved run; use the "
-                "same settings (only steps, ckpt/eval frequency, device, progress may change)."
-            )
+    _device(cfg.device)  # fail on an unavailable device before touching the folder
+    out, ckpt, ckpt_path = _open_run_folder(cfg)
     atomic_write(
         out / "config.json",
         lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True)),
     )
-
-    task = build_task(cfg.task, _task_options(cfg), seed=cfg.seed, dtype=dtype, device=device)
-    dflt = task.defaults
-    lr = cfg.lr if cfg.lr is not None else dflt["lr"]
-    betas = (
-        cfg.beta1 if cfg.beta1 is not None else dflt["betas"][0],
-        cfg.beta2 if cfg.beta2 is not None else dflt["betas"][1],
-    )
-    schedule = cfg.schedule or dflt["schedule"]
-    warmup = cfg.warmup if cfg.warmup is not None else dflt["warmup"]
-    if warmup is None:
-        warmup = max(1, cfg.steps // 20)
-    eval_n = cfg.eval_examples if cfg.eval_examples is not None else dflt["eval_examples"]
-    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
-    model, loss_fn = task.model, task.loss_fn
-    model.train()
-    opt = make_optimizer(
-        cfg.optimizer,
-        model.named_parameters(),
-        lr=lr,
-        betas=betas,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        partition=cfg.partition,
-        rotation=cfg.rotation,
-        bias_correction=cfg.bias_correction,
-        eps_inside=cfg.eps_inside,
-        v0=cfg.v0,
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eval_batches = task.eval_batches(eval_n)
-    use_amp = device.type == "cuda" and dtype == torch.float32
-
-    def autocast():
-        if use_amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    forward = torch.compile(model) if (cfg.compile and device.type == "cuda") else model
-    columns = METRIC_COLUMNS + (SMOOTH_COLUMNS if cfg.record_smoothness_every else [])
-    start, elapsed = 0, 0.0
-    rows: list[dict] = []
-    meta = dict(
-        task=cfg.task,
-        task_options=task.options,
-        config=cfg.to_dict(),
-        d=sum(p.numel() for p in params),
-        param_names=[n for n, p in model.named_parameters() if p.requires_grad],
-        dtype=cfg.dtype,
-        lr=lr,
-        betas=list(betas),
-        schedule=schedule,
-        warmup=warmup,
-    )
-    if cfg.task == "gpt" and task.options.get("data_dir") is None:
-        from hessnorm.train.data import corpus_info
-
-        meta["corpus"] = corpus_info()
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    run = _setup(cfg, out)
+    train_loss = eval_loss = float("nan")
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + 1)  # dropout and any other global draw
-        if ckpt is not None:
-            try:
-                model.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise CheckpointError(f"checkpoint {existing[-1][1]} does not fit: {exc}") from exc
-            gen.set_state(ckpt["rng"]["data"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if "cuda" in ckpt["rng"] and device.type == "cuda":
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-            start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-            rows = _read_metrics(out / "metrics.csv", start)
-        last_ckpt = existing[-1][1] if existing else None
-
-        def save(step):
-            # metrics first: a kill between the two writes leaves rows past the last
-            # checkpoint, which resume drops; the other order would lose rows
-            _write_metrics(out / "metrics.csv", rows, columns)
-            path = out / checkpoint_name(step)
-            save_checkpoint(
-                path,
-                dict(
-                    meta,
-                    step=step,
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    rng=_rng_state(gen, device),
-                    elapsed=elapsed,
-                ),
-            )
-            return path
-
+        start = _restore(run, ckpt, ckpt_path) if ckpt is not None else 0
+        run.last_ckpt = ckpt_path
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -334,128 +472,33 @@ def train(cfg: TrainConfig) -> dict:
             bar = tqdm(
                 total=cfg.steps, initial=start, desc=f"{cfg.task}/{cfg.optimizer}", unit="step"
             )
-        train_loss = eval_loss = float("nan")
-        t_start = time.perf_counter() - elapsed
-        for step in range(start, cfg.steps):
-            lr_now = (
-                cosine_lr(step, lr=lr, steps=cfg.steps, warmup=warmup)
-                if schedule == "cosine"
-                else lr
-            )
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            batch = task.sample(gen)
-            with autocast():
-                loss = loss_fn(forward(batch[0]), batch[1])
-            if not torch.isfinite(loss):
-                if bar is not None:
-                    bar.close()
-                where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
-                raise NonFiniteError(
-                    f"the training loss is {float(loss.detach())} at step {step + 1} ({cfg.optimizer}, "
-                    f"lr={lr_now:g}){where}; lower the learning rate."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(
-                torch.linalg.vector_norm(
-                    torch.stack(
-                        [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+        t_start = time.perf_counter() - run.elapsed
+        try:
+            for step in range(start, cfg.steps):
+                row = _step(run, step)
+                train_loss = row["train_loss"]
+                done = step + 1
+                if done % run.hyper.eval_every == 0 or done == cfg.steps:
+                    eval_loss = _eval_loss(
+                        run.task.model, run.task.loss_fn, run.eval_batches, run.autocast
                     )
-                )
-            )
-            w = _flat(params)
-            opt.step()
-            w_next = _flat(params)
-            train_loss = float(loss.detach())
-            row = dict(
-                step=step + 1,
-                train_loss=train_loss,
-                eval_loss="",
-                lr=lr_now,
-                grad_norm=grad_norm,
-                update_norm=float(torch.linalg.vector_norm(w_next - w)),
-            )
-            K = cfg.record_smoothness_every
-            if K and step % K == 0 and not torch.equal(w, w_next):
-                row["local_smoothness"], row["smooth_grad_norm"] = _smoothness(
-                    model, loss_fn, batch, w, w_next
-                )
-            del w, w_next
-            done = step + 1
-            if done % eval_every == 0 or done == cfg.steps:
-                eval_loss = _eval_loss(model, loss_fn, eval_batches, autocast)
-                row["eval_loss"] = eval_loss
-            elapsed = time.perf_counter() - t_start
-            row["seconds"] = round(elapsed, 4)
-            rows.append(row)
+                    row["eval_loss"] = eval_loss
+                run.elapsed = time.perf_counter() - t_start
+                row["seconds"] = round(run.elapsed, 4)
+                run.rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{row['lr']:.2e}")
+                if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+                    run.last_ckpt = _save(run, done)
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}")
-            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
-                last_ckpt = save(done)
-        if bar is not None:
-            bar.close()
-        if start >= cfg.steps:  # nothing left to do: report the saved state
-            last_ckpt = existing[-1][1]
+                bar.close()
     return dict(
         out=str(out),
         step=cfg.steps,
         train_loss=train_loss,
         eval_loss=eval_loss,
-        checkpoint=str(last_ckpt),
-        seconds=elapsed,
+        checkpoint=str(run.last_ckpt),
+        seconds=run.elapsed,
     )
-
-
-def rebuild(ckpt_path_or_dict, *, eval_examples=None, device=None, dtype=None):
-    """Model, evaluation batches, loss and metadata of a trainer checkpoint.
-
-    Returns ``(model, batches, loss_fn, meta)``: the model in eval mode with the
-    checkpoint's weights; ``batches`` a fixed deterministic list of
-    ``(inputs, targets)`` from the evaluation split (``eval_examples`` examples; None:
-    the task's default); ``loss_fn(outputs, targets)`` the batch-mean loss; ``meta``
-    with ``task``, ``task_options``, ``optimizer``, ``rotation``, ``step``, ``d``,
-    ``param_names``, ``config``, ``dtype``. Ready for
-    ``HessianOperator.from_module(model, loss_fn, batches)``. For the quadratic task
-    the model holds x and returns R x per row (see :mod:`hessnorm.train.tasks`).
-
-    Args:
-        ckpt_path_or_dict: path of a ``ckpt_XXXXXX.pt`` or its loaded dict.
-        eval_examples: size of the evaluation set.
-        device: where to build (default: CPU).
-        dtype: ``torch.float32``/``torch.float64`` or their names (default: the run's).
-    """
-    ckpt = load_checkpoint(ckpt_path_or_dict)
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; use float32 or float64.")
-        dtype = _DTYPES[dtype]
-    dtype = dtype or _DTYPES[ckpt["dtype"]]
-    device = torch.device(device or "cpu")
-    cfg = ckpt["config"]
-    task = build_task(
-        ckpt["task"], ckpt["task_options"], seed=cfg["seed"], dtype=dtype, device=device
-    )
-    try:
-        task.model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit the rebuilt model: {exc}") from exc
-    task.model.to(dtype=dtype)
-    task.model.eval()
-    if eval_examples is None:
-        eval_examples = task.defaults["eval_examples"]
-    meta = dict(
-        task=ckpt["task"],
-        task_options=ckpt["task_options"],
-        optimizer=cfg["optimizer"],
-        rotation=cfg["rotation"] if cfg["optimizer"] == "rotated-adam" else None,
-        step=int(ckpt["step"]),
-        d=int(ckpt["d"]),
-        param_names=list(ckpt["param_names"]),
-        config=cfg,
-        dtype=str(dtype).replace("torch.", ""),
-        lr=ckpt.get("lr"),
-        corpus=ckpt.get("corpus"),
-    )
-    return task.model, task.eval_batches(eval_examples), task.loss_fn, meta

@@ -32,7 +32,17 @@ from torch import nn
 
 from hessnorm.errors import ConfigError
 
-__all__ = ["TASKS", "Task", "build_task", "QuadraticModel", "quadratic_sigma", "quadratic_loss"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "build_task",
+    "lm_windows",
+    "lm_batches",
+    "QuadraticModel",
+    "quadratic_sigma",
+    "quadratic_loss",
+    "cosine_lr",
+]
 
 TASKS = ("quadratic", "gpt", "resnet")
 
@@ -88,6 +98,46 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
+def lm_windows(tokens, n: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation windows of a language model: the one rule for every checkpoint format.
+
+    ``n`` windows of ``block_size + 1`` consecutive tokens whose starts are evenly
+    spaced over the whole split, ``numpy.linspace(0, len(tokens) - block_size - 1, n)``
+    rounded down: deterministic (no seed), spread over the split, and the same for
+    the trainer's ``gpt`` task and for nanoGPT ``ckpt.pt`` files, so the same
+    weights always get the same Hessian. Inputs are the first ``block_size`` tokens
+    of each window, targets the last ``block_size`` (shifted by one).
+
+    Args:
+        tokens: a 1-D integer sequence (numpy array, memmap of ``val.bin``, list).
+        n: number of windows (sequences).
+        block_size: sequence length T.
+
+    Returns:
+        ``(inputs, targets)``, int64 tensors of shape (n, T) on the CPU.
+
+    Raises:
+        ConfigError: fewer than ``block_size + 1`` tokens, or ``n < 1``.
+
+    Example:
+        >>> x, y = lm_windows(list(range(10)), 2, 3)
+        >>> x.tolist(), y.tolist()
+        ([[0, 1, 2], [6, 7, 8]], [[1, 2, 3], [7, 8, 9]])
+    """
+    T = int(block_size)
+    if len(tokens) <= T + 1:
+        raise ConfigError(
+            f"the evaluation split has {len(tokens)} tokens, fewer than block_size + 1 = {T + 1}"
+        )
+    if int(n) < 1:
+        raise ConfigError(f"the number of evaluation windows must be >= 1, got {n}")
+    starts = np.linspace(0, len(tokens) - T - 1, int(n)).astype(np.int64).tolist()
+    rows = torch.from_numpy(
+        np.stack([np.asarray(tokens[i : i + T + 1], dtype=np.int64) for i in starts])
+    )
+    return rows[:, :-1], rows[:, 1:]
+
+
 def _quadratic(options, seed, dtype, device) -> Task:
     opts = {"d": 1000, "t": 0.0, "rotation_seed": 0} | options
     d, t = int(opts["d"]), float(opts["t"])
@@ -131,24 +181,19 @@ def _gpt(options, seed, dtype, device) -> Task:
         raise ConfigError(f"the text corpus is shorter than block_size + 1 = {T + 1} tokens.")
     train_t = torch.from_numpy(train.astype(np.int64)) if opts["data_dir"] is None else None
 
-    def window(data, starts):
-        if train_t is not None and data is train:
-            idx = torch.as_tensor(starts).view(-1, 1) + torch.arange(T + 1)
-            rows = train_t[idx]
+    def sample(gen):
+        starts = torch.randint(len(train) - T - 1, (B,), generator=gen).tolist()
+        if train_t is not None:
+            rows = train_t[torch.as_tensor(starts).view(-1, 1) + torch.arange(T + 1)]
         else:
             rows = torch.from_numpy(
-                np.stack([np.asarray(data[i : i + T + 1], dtype=np.int64) for i in starts])
+                np.stack([np.asarray(train[i : i + T + 1], dtype=np.int64) for i in starts])
             )
         rows = rows.to(device)
         return rows[:, :-1], rows[:, 1:]
 
-    def sample(gen):
-        return window(train, torch.randint(len(train) - T - 1, (B,), generator=gen).tolist())
-
     def eval_batches(n=None):
-        n = n or 64
-        starts = np.linspace(0, len(val) - T - 1, n).astype(np.int64).tolist()
-        return [window(val, starts[i : i + B]) for i in range(0, n, B)]
+        return lm_batches(val, n or 64, T, B, device)
 
     return Task(
         name="gpt",
@@ -166,6 +211,18 @@ def _gpt(options, seed, dtype, device) -> Task:
             eval_examples=64,
         ),
     )
+
+
+def lm_batches(tokens, n: int, block_size: int, batch_size: int, device="cpu") -> list:
+    """:func:`lm_windows` split into batches of ``batch_size`` sequences, on ``device``.
+
+    Example:
+        >>> [tuple(x.shape) for x, _ in lm_batches(list(range(100)), 5, 4, 2)]
+        [(2, 4), (2, 4), (1, 4)]
+    """
+    x, y = lm_windows(tokens, n, block_size)
+    x, y = x.to(device), y.to(device)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def _classification_loss(outputs, targets):

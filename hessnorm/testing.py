@@ -1,4 +1,4 @@
-"""Small real models with fixed data: the test bed every estimator is checked on.
+"""Reference problems for tests and benchmarks: small real models with fixed data.
 
 Each problem is small enough for the exact dense Hessian (d of a few hundred to a
 few thousand) yet uses the layers that matter in practice: cross-entropy on an
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hessnorm.errors import ConfigError
+from hessnorm.train.gpt import lm_loss
 
 __all__ = [
     "MLP",
@@ -29,6 +30,8 @@ __all__ = [
     "make_problem",
     "digits",
     "char_tokens",
+    "init_params",
+    "lm_loss",
 ]
 
 
@@ -122,11 +125,6 @@ class TinyTransformer(nn.Module):
         return self.head(self.ln_f(x))
 
 
-def lm_loss(logits, targets):
-    """Mean next-token cross-entropy over every position."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
 def digits(n: int = 128, seed: int = 0, image: bool = False):
     """``n`` examples of scikit-learn's bundled 8x8 digits, scaled to [0, 1].
 
@@ -173,11 +171,11 @@ def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None)
     g = torch.Generator().manual_seed(seed)
     if name == "mlp":
         x, y = digits(n or 64, seed)
-        model = _init(MLP((64, 12, 10)), g)
+        model = init_params(MLP((64, 12, 10)), g)
         loss = F.cross_entropy
     elif name == "conv_bn":
         x, y = digits(n or 32, seed, image=True)
-        model = _init(ConvBN(channels=3), g)
+        model = init_params(ConvBN(channels=3), g)
         model.train()
         with torch.no_grad():
             for _ in range(3):
@@ -187,7 +185,7 @@ def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None)
     elif name in ("transformer", "transformer_mha"):
         x, y = char_tokens(n or 16, seed=seed)
         attention = "mha" if name.endswith("mha") else "sdpa"
-        model = _init(TinyTransformer(attention=attention), g)
+        model = init_params(TinyTransformer(attention=attention), g)
         loss = lm_loss
     else:
         raise ConfigError(f"unknown problem {name!r}; choose from {PROBLEMS}")
@@ -195,8 +193,15 @@ def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None)
     return model, loss, batches
 
 
-def _init(model: nn.Module, g: torch.Generator) -> nn.Module:
-    """Re-initialise every parameter from ``g`` (deterministic, independent of the global RNG)."""
+def init_params(model: nn.Module, g: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter from ``g`` (deterministic, independent of the global RNG).
+
+    Example:
+        >>> a = init_params(MLP((3, 2)), torch.Generator().manual_seed(0))
+        >>> b = init_params(MLP((3, 2)), torch.Generator().manual_seed(0))
+        >>> torch.equal(a.net[0].weight, b.net[0].weight)
+        True
+    """
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2:

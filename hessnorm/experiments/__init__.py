@@ -1,4 +1,9 @@
-"""Registry of the paper experiments that ``hessnorm reproduce NAME`` runs.
+"""Paper experiments: ``hessnorm reproduce NAME`` (never imported by the library).
+
+Modules: :mod:`~hessnorm.experiments.table1` (paper 000 Table 1, both halves),
+:mod:`~hessnorm.experiments.gpt` (tiny GPT optimizer comparison),
+:mod:`~hessnorm.experiments.paper003` (paper 003's (L0, L1) experiments) and
+:mod:`~hessnorm.experiments.demo` (``hessnorm demo``).
 
 Each entry is ``"module:function"``; the function takes
 ``(out_dir: pathlib.Path, quick: bool, seed: int, progress: bool)`` and writes its
@@ -15,25 +20,31 @@ from hessnorm.errors import ConfigError
 
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "table1": (
-        "hessnorm.train.experiments:reproduce_table1",
+        "hessnorm.experiments.table1:reproduce_table1",
         "paper 000 Table 1, loss columns: Adam vs AdaSGD on rotated quadratics",
     ),
     "table1-l11": (
-        "hessnorm.reproduce_l11:reproduce",
+        "hessnorm.experiments.table1:reproduce_l11",
         "paper 000 Table 1, (1,1)-norm/d column, exact and by Cauchy medians",
     ),
     "gpt": (
-        "hessnorm.train.experiments:reproduce_gpt",
+        "hessnorm.experiments.gpt:reproduce_gpt",
         "tiny GPT: Adam vs AdaSGD vs rotated Adam vs SGD (paper 000 Fig. 1 ordering)",
     ),
     "l0l1": (
-        "hessnorm.l0l1:reproduce",
+        "hessnorm.experiments.paper003:reproduce",
         "paper 003: Shi et al. problem vs beta2, and (S)GD divergence vs Adam",
     ),
 }
 
 
 def resolve(name: str):
+    """The function of experiment ``name`` (imported only now).
+
+    Example:
+        >>> resolve("table1").__name__
+        'reproduce_table1'
+    """
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     target = EXPERIMENTS[name][0]

@@ -29,12 +29,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def build(hidden: int = 16, steps: int = 300, seed: int = 0):
     """Train the demo MLP and return a float64 HessianOperator at its final point."""
-    from hessnorm.models import MLP, _init, digits
     from hessnorm.operator import HessianOperator
+    from hessnorm.testing import MLP, digits, init_params
 
     x, y = digits(512, seed)
     g = torch.Generator().manual_seed(seed)
-    model = _init(MLP((64, hidden, 10)), g).double()
+    model = init_params(MLP((64, hidden, 10)), g).double()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     xd = x.double()
     for _ in range(steps):

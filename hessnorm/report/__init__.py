@@ -1,0 +1,279 @@
+"""``hessnorm report``: tables and figures from training runs and analysis results.
+
+Inputs, in any mix:
+
+* **run folders** of the reference trainer (:mod:`hessnorm.train.loop`): ``config.json``
+  (the ``TrainConfig``) and ``metrics.csv`` (``step, train_loss, eval_loss, lr,
+  grad_norm, update_norm, seconds`` and, when the run recorded it,
+  ``local_smoothness, smooth_grad_norm``);
+* **results files** of ``hessnorm analyze --out results.csv|.json``: one row per
+  (checkpoint, estimator) with ``value, low, high, value_per_dim, bound_per_dim, d,
+  details``, ... (``value`` is the estimated quantity, e.g. ‖H‖₂; ``bound_per_dim`` is
+  the bound H(L, Φ) it gives divided by d, e.g. d‖H‖₂ / d = ‖H‖₂).
+
+Output folder (every file written atomically; ``report.md`` and ``report.html`` last):
+
+* ``report.md`` and a self-contained ``report.html`` (figures inlined as base64 PNG);
+* ``loss_curves_<task>.png`` — train / eval loss against the step, one line per run
+  (paper 000, Figs. 1–2);
+* ``norms.csv`` — the smoothness table of paper 000, Tables 2–3: for the last
+  checkpoint of every run, each estimated ``H(L, Φ)`` with its bound, interval and
+  value / d;
+* ``trajectories.png`` — estimates against the training step with their intervals;
+* ``l11_per_tensor.png`` / ``l11_per_tensor.csv`` — which tensors carry the (1,1)-norm;
+* ``l0l1.png`` / ``l0l1.csv`` — gradient norm against local smoothness with the fitted
+  (L0, L1) bound of paper 003, Assumption 1 (:func:`hessnorm.l0l1.fit_l0l1`).
+
+A section appears only when its data exist. From the shell::
+
+    hessnorm report runs/adam runs/adasgd results.csv --out reports/gpt --title "GPT"
+
+From Python: ``make_report(["runs/adam", "results.csv"], "reports/gpt")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from hessnorm._io import atomic_write_bytes
+from hessnorm.errors import ConfigError
+from hessnorm.report.document import _Doc
+from hessnorm.report.figures import (
+    _l0l1_figure,
+    _loss_figure,
+    _per_tensor_figure,
+    _per_tensor_shares,
+    _trajectory_figure,
+    plot_l0l1,
+)
+from hessnorm.report.inputs import (
+    _TOP_TENSORS,
+    RunData,
+    _colors,
+    _est_rank,
+    _label_runs,
+    _opt_rank,
+    _run_keys,
+    load_input,
+)
+from hessnorm.report.tables import _norms_display, _runs_table, norms_table
+
+__all__ = [
+    "make_report",
+    "load_input",
+    "RunData",
+    "norms_table",
+    "plot_l0l1",
+    "configure_parser",
+    "run",
+]
+
+# ---------------------------------------------------------------------------- report
+
+
+def make_report(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    title: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write tables, figures, ``report.md`` and ``report.html`` for runs and results.
+
+    Reads every input with :func:`load_input` (run folders of ``hessnorm train``,
+    result files of ``hessnorm analyze``, in any mix), then writes into ``out_dir``:
+    loss curves per task (paper 000, Figs. 1–2), the norms table of paper 000,
+    Tables 2–3 (:func:`norms_table`, last checkpoint of each run), estimates against
+    the step for runs analysed at ≥ 2 steps, the per-tensor share of ‖H‖₁,₁, and the
+    (L0, L1) fit of paper 003 (Assumption 1, Fig. 1b) for runs that recorded local
+    smoothness. Sections without data are left out. No HVPs: this only reads files.
+
+    Args:
+        inputs: run folders and/or results files (``.csv`` / ``.json``).
+        out_dir: output folder (created if needed).
+        title: report title (default: "hessnorm report").
+        progress: show a tqdm bar over the inputs.
+
+    Returns:
+        Path of ``report.md``.
+
+    Raises:
+        ConfigError: no inputs, or an input that is neither a run folder nor a results file.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise ConfigError("hessnorm report needs at least one run folder or results file.")
+    runs: list[RunData] = []
+    frames: list[pd.DataFrame] = []
+    read: list[str] = []
+    for path in tqdm(list(inputs), desc="report: reading inputs", disable=not progress):
+        item = load_input(path)
+        if isinstance(item, RunData):
+            runs.append(item)
+            m = item.metrics
+            extra = ", with local smoothness" if item.has_smoothness() else ""
+            read.append(
+                f"run folder `{item.path}`: task {item.task}, optimizer {item.optimizer}, "
+                f"{len(m)} logged steps (last {int(m['step'].max()) if len(m) else 0}){extra}"
+            )
+        else:
+            frames.append(item)
+            est = ", ".join(sorted(set(item["estimator"]), key=_est_rank))
+            read.append(
+                f"results file `{path}`: {len(item)} rows, {item['checkpoint'].nunique()} "
+                f"checkpoints, estimators {est or '—'}"
+            )
+    _label_runs(runs)
+    results = pd.concat(frames, ignore_index=True) if frames else None
+    if results is not None:
+        results = _run_keys(results, runs)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or "hessnorm report"
+    doc = _Doc(out)
+    doc.h(1, title)
+    doc.p(
+        "Generated by `hessnorm report` from the inputs below. Every table is also written "
+        "as CSV next to this file."
+    )
+    doc.h(2, "Inputs")
+    doc.ul(read)
+
+    labels = [r.label for r in runs]
+    if results is not None:
+        labels += list(results["label"])
+    colors = _colors(labels)
+
+    if runs:
+        _section_runs(doc, runs, colors)
+    if results is not None and len(results):
+        _section_norms(doc, results, colors)
+    smooth = [r for r in runs if r.has_smoothness()]
+    if smooth:
+        _section_l0l1(doc, smooth)
+
+    md = out / "report.md"
+    atomic_write_bytes(out / "report.html", doc.html(title).encode("utf-8"))
+    atomic_write_bytes(md, doc.markdown().encode("utf-8"))
+    return md
+
+
+def _section_runs(doc: _Doc, runs: list[RunData], colors: dict) -> None:
+    doc.h(2, "Training and evaluation loss")
+    doc.p(
+        "One line per run (paper 000, Figs. 1–2 style). Final train loss is the mean over the "
+        "last 10% of logged steps; eval loss is on the task's fixed held-out set."
+    )
+    table = _runs_table(runs)
+    doc.table(table, "runs.csv", table)
+    tasks = sorted({r.task for r in runs})
+    for task in tasks:
+        group = [r for r in runs if r.task == task]
+        group.sort(key=lambda r: (_opt_rank(r.optimizer), r.label))
+        doc.image(
+            f"loss_curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', task)}.png",
+            _loss_figure(task, group, colors),
+            f"loss curves, task {task}",
+        )
+
+
+def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
+    table = norms_table(results)
+    doc.h(2, "Smoothness under each optimizer's geometry")
+    doc.p(
+        "Paper 000, Tables 2–3: for the last analysed checkpoint of each run, the smoothness "
+        "H(L, Φ) that governs the optimizer with partition Φ, the quantity that bounds it "
+        "(`bound`: ‖H‖₁,₁ for Adam, d‖H‖₂ for AdaSGD, the blockwise surrogate S(H, Φ) "
+        "otherwise; S is an upper surrogate, see the blockwise_smoothness docstring), its estimate with the "
+        "estimator's interval, and the estimate divided by the dimension d. A `rotation` "
+        "means the Hessian was taken in rotated coordinates (RᵀHR): rotated-adam runs are "
+        "analysed in their own coordinates, as in paper 000, Table 2."
+    )
+    doc.table(_norms_display(table), "norms.csv", table)
+
+    traj = _trajectory_figure(results, colors)
+    if traj is not None:
+        png, data = traj
+        doc.h(2, "Estimates along training")
+        doc.p(
+            "Each bound H(L, Φ) divided by d (the `estimate / d` column above) against the "
+            "step of the checkpoint it was computed at; error bars are the estimator's interval."
+        )
+        doc.image("trajectories.png", png, "Hessian-norm estimates against training step")
+        atomic_write_bytes(doc.out_dir / "trajectories.csv", data.to_csv(index=False).encode())
+
+    rows = results.merge(
+        table[["checkpoint", "estimator", "rotation"]].drop_duplicates(),
+        on=["checkpoint", "estimator", "rotation"],
+    )
+    shares = _per_tensor_shares(rows)
+    if len(shares):
+        doc.h(2, "Which tensors carry the (1,1)-norm")
+        doc.p(
+            "Share of ‖H‖₁,₁ = Σᵢⱼ|Hᵢⱼ| summed over the rows i of each tensor (the `per_tensor` "
+            f"details of the `l11` estimator) at each run's last checkpoint; top {_TOP_TENSORS} "
+            "tensors shown. Rotated estimates are left out: their coordinates are not tensors."
+        )
+        doc.image("l11_per_tensor.png", _per_tensor_figure(shares, colors), "per-tensor share")
+        top = shares.groupby("label", sort=False).head(5)
+        display = top.assign(share=(100 * top["share"]).map(lambda v: f"{v:.1f}%"))
+        doc.table(display, "l11_per_tensor.csv", shares)
+
+
+def _section_l0l1(doc: _Doc, runs: list[RunData]) -> None:
+    png, fits = _l0l1_figure(runs)
+    doc.h(2, "Gradient norm vs local smoothness: the (L0, L1) fit")
+    doc.p(
+        "Paper 003, Assumption 1 bounds the local smoothness by L0 + L1‖∇f(w)‖. Points are "
+        "(`smooth_grad_norm`, `local_smoothness`) from metrics.csv (local smoothness along "
+        "each recorded step, paper 003 App. E); the red line is the tightest such bound above "
+        "all points (`hessnorm.l0l1.fit_l0l1`), the dashed line the log-log bound "
+        "log s ≤ log ‖∇f‖ + c of paper 003, Fig. 1b."
+    )
+    doc.ul(
+        [
+            f"**{f.run}**: L0 = {f.L0:.4g}, L1 = {f.L1:.4g}, log-log c = {f.loglog_c:.3g} "
+            f"({f.n_points} points)"
+            for f in fits.itertuples(index=False)
+        ]
+    )
+    doc.image("l0l1.png", png, "gradient norm vs local smoothness with the (L0, L1) fit")
+    atomic_write_bytes(doc.out_dir / "l0l1.csv", fits.to_csv(index=False).encode())
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hessnorm report``."""
+    parser.description = (
+        "Tables and figures (report.md, self-contained report.html, PNGs, CSVs) from run "
+        "folders of `hessnorm train` and results files of `hessnorm analyze`."
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="RUN_OR_RESULTS",
+        help="run folders (config.json + metrics.csv) and/or results .csv/.json files",
+    )
+    parser.add_argument("--out", required=True, help="output folder, e.g. reports/gpt")
+    parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``hessnorm report``; returns the exit status."""
+    md = make_report(args.inputs, args.out, title=args.title, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {md} and {md.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,368 @@
+"""Report figures: matplotlib only through the object API (``Figure``), never
+``matplotlib.use``; pyplot only when :func:`plot_l0l1` is called without an ``ax`` (for
+notebooks).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from hessnorm.l0l1 import L0L1Fit, fit_l0l1, l0l1_points
+from hessnorm.report.inputs import (
+    _DPI,
+    _LOSS_UNITS,
+    _TOP_TENSORS,
+    RESULT_COLUMNS,
+    SMOOTH_COLUMNS,
+    RunData,
+    _est_rank,
+)
+from hessnorm.results import per_dim_label
+
+__all__ = ["plot_l0l1"]
+
+
+def plot_l0l1(
+    grad_norms,
+    smoothness,
+    fit: L0L1Fit | None = None,
+    ax=None,
+    title: str = "Local smoothness vs gradient norm",
+    color_by=None,
+    color_label: str = "step",
+):
+    """Scatter ``(‖∇f‖, local smoothness)`` on log-log axes with the fitted bounds.
+
+    Draws the points, the (L0, L1) line ``L0 + L1 g`` and the slope-1 line ``e^c g``
+    of paper 003, Fig. 1b (``fit`` is computed with :func:`fit_l0l1` when omitted).
+
+    Args:
+        grad_norms, smoothness: the points (as for :func:`fit_l0l1`).
+        fit: a precomputed :class:`L0L1Fit`.
+        ax: matplotlib Axes to draw on (a new figure when None).
+        title: axes title.
+        color_by: optional per-point values (e.g. the step) for the colour map.
+        color_label: colour-bar label when ``color_by`` is given.
+
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    g, s = l0l1_points(grad_norms, smoothness)
+    fit = fit if fit is not None else fit_l0l1(g, s)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4.2))
+    pos = g > 0
+    sc = ax.scatter(
+        g[pos],
+        s[pos],
+        s=12,
+        c=None if color_by is None else np.asarray(color_by)[pos],
+        cmap=None if color_by is None else "viridis",
+        alpha=0.8,
+        label="trajectory points",
+    )
+    if color_by is not None:
+        ax.figure.colorbar(sc, ax=ax, label=color_label)
+    if pos.any():
+        lo, hi = float(g[pos].min()), float(g[pos].max())
+        grid = np.geomspace(lo / 1.5, hi * 1.5, 200)
+        ax.plot(
+            grid,
+            fit.bound(grid),
+            "r-",
+            label=f"L0 + L1·‖∇f‖ (L0={fit.L0:.3g}, L1={fit.L1:.3g})",
+        )
+        if math.isfinite(fit.loglog_c):
+            ax.plot(
+                grid,
+                fit.loglog_L1 * grid,
+                "b--",
+                label=f"log s = log ‖∇f‖ + {fit.loglog_c:.2f}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if pos.any():
+        # Keep the view on the data: the slope-1 line can run far above it.
+        top = max(float(s[pos].max()), float(fit.bound(hi)))
+        ax.set_ylim(float(s[pos].min()) / 2, top * 3)
+    ax.set_xlabel("gradient norm ‖∇f(w)‖")
+    ax.set_ylabel("local smoothness")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _new_figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=_DPI)
+
+
+def _finish(fig, rect=None) -> bytes:
+    if rect is None:
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=rect)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _plain_log_ticks(ax, which: str = "y") -> None:
+    """Plain tick labels ("0.5", "20") on a log axis; they read faster than "5×10⁻¹".
+
+    When the axis spans less than ~2 decades, 2 and 5 are labelled (and gridded) too,
+    since powers of ten alone leave it nearly bare.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    if lo > 0 and math.log10(hi / lo) < 2:
+        axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        axis.set_minor_formatter(plain)
+        ax.grid(True, which="minor", axis=which, alpha=0.15)
+    else:
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _maybe_log(ax, values: np.ndarray, ratio: float = 20.0) -> None:
+    """Log-scale the y axis when the positive values span more than ``ratio``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size and (v > 0).all() and v.max() / v.min() > ratio:
+        ax.set_yscale("log")
+        ax.set_ylim(v.min() / 1.3, v.max() * 1.3)
+        _plain_log_ticks(ax, "y")
+
+
+def _loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
+    has_eval = any(
+        "eval_loss" in r.metrics.columns and r.metrics["eval_loss"].notna().any() for r in runs
+    )
+    fig = _new_figure(11 if has_eval else 6.5, 4.3)
+    axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
+    ylabel = _LOSS_UNITS.get(task, "loss")
+    all_train, all_eval = [], []
+    window = 1
+    for r in runs:
+        m = r.metrics.dropna(subset=["train_loss"])
+        c = colors[r.label]
+        n = len(m)
+        w = max(1, n // 50) if n > 100 else 1
+        window = max(window, w)
+        if w > 1:
+            axes[0].plot(m["step"], m["train_loss"], color=c, alpha=0.2, lw=0.8)
+            smooth = m["train_loss"].rolling(w, min_periods=1).mean()
+            axes[0].plot(m["step"], smooth, color=c, lw=1.6, label=r.label)
+        else:
+            axes[0].plot(m["step"], m["train_loss"], color=c, lw=1.4, label=r.label)
+        all_train.append(m["train_loss"].to_numpy())
+        if has_eval and "eval_loss" in r.metrics.columns:
+            e = r.metrics.dropna(subset=["eval_loss"])
+            if len(e):
+                axes[1].plot(
+                    e["step"], e["eval_loss"], "--o", color=c, ms=3.5, lw=1.4, label=r.label
+                )
+                all_eval.append(e["eval_loss"].to_numpy())
+    title = f"{task}: training loss"
+    if window > 1:
+        title += f"\n(faint: per step; solid: moving average over ≤{window} steps)"
+    axes[0].set_title(title, fontsize=10)
+    _maybe_log(axes[0], np.concatenate(all_train) if all_train else [])
+    if has_eval:
+        axes[1].set_title(f"{task}: evaluation loss (held-out set)", fontsize=10)
+        _maybe_log(axes[1], np.concatenate(all_eval) if all_eval else [])
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, title="optimizer", title_fontsize=8)
+    return _finish(fig)
+
+
+def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame] | None:
+    df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
+    df = df[df["step"].notna()]
+    n_steps = df.groupby("run_key")["step"].nunique()
+    df = df[df["run_key"].isin(n_steps[n_steps >= 2].index)].copy()
+    if df.empty:
+        return None
+    # One panel per estimator; a run's rotation is already in its label.
+    df["panel"] = df["estimator"]
+    panels = sorted(df["panel"].unique(), key=_est_rank)
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig = _new_figure(5.0 * ncol, 3.9 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        sub = df[df["panel"] == panel]
+        bound = sub["bound"].iloc[0]
+        for label, g in sub.groupby("label", sort=False):
+            g = g.sort_values("step")
+            d = g["d"].where(g["d"] > 0)
+            y = g["bound_per_dim"]
+            lo = (g["bound_low"] / d).fillna(y)
+            hi = (g["bound_high"] / d).fillna(y)
+            yerr = np.vstack([(y - lo).clip(lower=0), (hi - y).clip(lower=0)])
+            ax.errorbar(
+                g["step"],
+                y,
+                yerr=yerr,
+                fmt="-o",
+                ms=3.5,
+                capsize=3,
+                color=colors[label],
+                label=label,
+            )
+        _maybe_log(ax, sub["bound_per_dim"].to_numpy(), ratio=10.0)
+        steps = np.sort(sub["step"].unique())
+        if len(steps) <= 8:  # few checkpoints: tick exactly at them
+            ax.set_xticks(steps, [str(int(x)) for x in steps])
+        metric = sub["metric"].iloc[0]
+        ax.set_title(f"{panel}" + (f": {metric}" if metric else ""), fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(per_dim_label(bound))
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Hessian-norm estimates along training (error bars: estimator interval)", fontsize=11
+    )
+    # One legend for all panels: the runs are the same in each.
+    handles, names = {}, []
+    for ax in axes[: len(panels)]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in handles:
+                handles[n] = h
+                names.append(n)
+    ncol_leg = min(4, len(names))
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=ncol_leg, fontsize=9)
+    legend_h = 0.35 * math.ceil(len(names) / ncol_leg) / fig.get_figheight()
+    data = df[
+        [
+            "label",
+            "run_key",
+            "step",
+            "estimator",
+            "rotation",
+            "bound",
+            "bound_per_dim",
+            "bound_low",
+            "bound_high",
+            "value",
+            "low",
+            "high",
+            "d",
+        ]
+    ].sort_values(["label", "estimator", "step"])
+    return _finish(fig, rect=(0, legend_h + 0.01, 1, 1)), data
+
+
+def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``label, step, tensor, share`` from the ``per_tensor`` details of l11 rows.
+
+    Only unrotated rows count: in rotated coordinates (including a rotated-adam run
+    analysed in its own coordinates) a "tensor's rows" are not that tensor's.
+    """
+    out = []
+    rows = table_rows.drop_duplicates(subset=["label", "checkpoint", "estimator", "rotation"])
+    for r in rows.itertuples(index=False):
+        if r.estimator != "l11" or r.rotation != "none" or not r.details:
+            continue
+        try:
+            details = json.loads(r.details)
+        except json.JSONDecodeError:
+            continue
+        shares = details.get("per_tensor") if isinstance(details, dict) else None
+        if not isinstance(shares, dict) or not shares:
+            continue
+        vals = {k: float(v) for k, v in shares.items() if v is not None}
+        total = sum(vals.values())
+        if not total > 0:
+            continue
+        for k, v in vals.items():
+            # The contract says "share"; normalize anyway so absolute sums also read right.
+            out.append({"label": r.label, "step": r.step, "tensor": k, "share": v / total})
+    if not out:
+        return pd.DataFrame(columns=["label", "step", "tensor", "share"])
+    df = pd.DataFrame(out).sort_values(["label", "share"], ascending=[True, False])
+    return df.reset_index(drop=True)
+
+
+def _per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
+    labels = list(dict.fromkeys(shares["label"]))
+    ncol = 1 if len(labels) == 1 else 2
+    nrow = math.ceil(len(labels) / ncol)
+    n_bars = min(_TOP_TENSORS, int(shares.groupby("label").size().max()))
+    fig = _new_figure(7.5 * ncol, (0.28 * n_bars + 1.4) * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, label in zip(axes, labels):
+        g = shares[shares["label"] == label].sort_values("share", ascending=False)
+        top = g.head(_TOP_TENSORS)
+        rest = g["share"].iloc[_TOP_TENSORS:].sum()
+        y = np.arange(len(top))[::-1]
+        ax.barh(y, 100 * top["share"], color=colors.get(label, "C0"))
+        ax.set_yticks(y, top["tensor"], fontsize=8)
+        for yi, v in zip(y, top["share"]):
+            ax.text(100 * v, yi, f" {100 * v:.1f}%", va="center", fontsize=7)
+        ax.set_xlim(0, 100 * float(top["share"].max()) * 1.18)
+        step = g["step"].iloc[0]
+        title = f"{label}" + ("" if pd.isna(step) else f", step {int(step)}")
+        if len(g) > len(top):
+            title += f"\n(top {len(top)} of {len(g)} tensors; the rest: {100 * rest:.1f}%)"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("share of ‖H‖₁,₁ (%), summed over the tensor's rows")
+        ax.grid(True, axis="x", alpha=0.3)
+    for ax in axes[len(labels) :]:
+        ax.set_visible(False)
+    fig.suptitle("Which tensors carry the (1,1)-norm (last checkpoint)", fontsize=11)
+    return _finish(fig)
+
+
+def _l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
+    ncol = min(2, len(runs))
+    nrow = math.ceil(len(runs) / ncol)
+    fig = _new_figure(6.2 * ncol, 4.6 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    rows = []
+    for ax, r in zip(axes, runs):
+        m = r.metrics.dropna(subset=list(SMOOTH_COLUMNS))
+        m = m[(m["smooth_grad_norm"] >= 0) & (m["local_smoothness"] >= 0)]
+        g, s = m["smooth_grad_norm"].to_numpy(), m["local_smoothness"].to_numpy()
+        fit = fit_l0l1(g, s)
+        plot_l0l1(
+            g,
+            s,
+            fit=fit,
+            ax=ax,
+            title=f"{r.label} ({r.task})",
+            color_by=m["step"].to_numpy(),
+            color_label="training step",
+        )
+        ax.set_xlabel("gradient norm ‖∇f(w_k)‖ (training batch)")
+        ax.set_ylabel("local smoothness L_loc(w_k)")
+        # Keep the frame on the data: the slope-1 line may shoot far above the points.
+        pos = (g > 0) & (s > 0)
+        if pos.any():
+            ax.set_ylim(s[pos].min() / 1.5, max(s[pos].max(), fit.bound(g[pos]).max()) * 1.5)
+        ax.grid(False, which="minor")
+        _plain_log_ticks(ax, "x")
+        _plain_log_ticks(ax, "y")
+        rows.append({"run": r.label, "folder": str(r.path), **fit.to_dict()})
+    for ax in axes[len(runs) :]:
+        ax.set_visible(False)
+    return _finish(fig), pd.DataFrame(rows)

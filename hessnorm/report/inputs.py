@@ -1,0 +1,280 @@
+"""Report inputs: run folders of the trainer and results files of ``hessnorm analyze``.
+
+Reads files only; knows estimators through :mod:`hessnorm.results` (never runs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hessnorm.errors import ConfigError
+from hessnorm.results import COLUMNS, ESTIMATORS, NUMERIC_COLUMNS
+
+__all__ = ["RunData", "load_input", "RESULT_COLUMNS", "RESULT_REQUIRED", "SMOOTH_COLUMNS"]
+
+RESULT_REQUIRED = ("checkpoint", "estimator", "value")
+RESULT_COLUMNS = tuple(COLUMNS)  # the columns `hessnorm analyze` writes (results.COLUMNS)
+_NUMERIC = NUMERIC_COLUMNS
+_TEXT = tuple(c for c in RESULT_COLUMNS if c not in _NUMERIC)
+METRICS_REQUIRED = ("step", "train_loss")
+SMOOTH_COLUMNS = ("smooth_grad_norm", "local_smoothness")
+# Canonical optimizer order (paper 000 lists Adam first, then its variants, then SGD-type).
+_OPT_ORDER = ("adam", "adasgd", "rotated-adam", "blockwise-adam", "sgd", "signgd", "rmsprop")
+_EST_ORDER = tuple(ESTIMATORS)  # the registry's order
+_LOSS_UNITS = {
+    "gpt": "loss (nats/token)",
+    "resnet": "cross-entropy loss (nats/example)",
+    "quadratic": "loss L(x)",
+}
+_TOP_TENSORS = 15
+_DPI = 120
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass
+class RunData:
+    """A trainer run folder: its config and per-step metrics.
+
+    Attributes:
+        path: the folder.
+        config: ``config.json`` as a dict (``{}`` if absent).
+        metrics: ``metrics.csv`` as a DataFrame (numeric columns, empty cells NaN).
+        label: display name (set by :func:`make_report`; the optimizer by default).
+    """
+
+    path: Path
+    config: dict
+    metrics: pd.DataFrame
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task") or "unknown")
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.config.get("optimizer") or self.name)
+
+    @property
+    def rotation(self) -> str | None:
+        """The rotation the optimizer works in (``None`` for non-rotated optimizers).
+
+        The trainer stores a default ``rotation`` spec in every config; only
+        ``rotated-*`` optimizers use it, so it labels only those runs.
+        """
+        rot = self.config.get("rotation")
+        if rot and self.optimizer.startswith("rotated") and str(rot).lower() != "none":
+            return str(rot)
+        return None
+
+    def base_label(self) -> str:
+        label = self.optimizer
+        if self.rotation:
+            label += f" [{self.rotation}]"
+        t = (self.config.get("task_options") or {}).get("t")
+        if self.task == "quadratic" and t is not None:
+            label += f" (t={t:g})" if isinstance(t, (int, float)) else f" (t={t})"
+        return label
+
+    def has_smoothness(self) -> bool:
+        if not all(c in self.metrics.columns for c in SMOOTH_COLUMNS):
+            return False
+        return bool(self.metrics[list(SMOOTH_COLUMNS)].notna().all(axis=1).any())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path} as JSON: {exc}") from exc
+
+
+def _read_run(folder: Path) -> RunData:
+    metrics_path = folder / "metrics.csv"
+    try:
+        metrics = pd.read_csv(metrics_path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {metrics_path} as CSV: {exc}") from exc
+    missing = [c for c in METRICS_REQUIRED if c not in metrics.columns]
+    if missing:
+        raise ConfigError(
+            f"{metrics_path} lacks the columns {missing}; it is not a metrics file written by "
+            "`hessnorm train` (expected step, train_loss, eval_loss, ...)."
+        )
+    for c in metrics.columns:
+        metrics[c] = pd.to_numeric(metrics[c], errors="coerce")
+    metrics = metrics.dropna(subset=["step"]).sort_values("step").reset_index(drop=True)
+    config: dict = {}
+    if (folder / "config.json").is_file():
+        config = _read_json(folder / "config.json")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{folder / 'config.json'} must hold a JSON object (TrainConfig).")
+    return RunData(path=folder, config=config, metrics=metrics)
+
+
+def _normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
+    missing = [c for c in RESULT_REQUIRED if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{source} is not a results file of `hessnorm analyze`: it lacks the columns "
+            f"{missing}. Pass run folders (config.json + metrics.csv) or files written by "
+            "`hessnorm analyze --out results.csv|.json`."
+        )
+    df = df.copy()
+    for c in RESULT_COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan if c in _NUMERIC else ""
+    for c in _NUMERIC:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in _TEXT:
+        df[c] = df[c].map(_text)
+    df["rotation"] = df["rotation"].replace("", "none")
+    # value / d is the paper's normalisation; fill it where a producer left it out.
+    fill = df["value_per_dim"].isna() & df["d"].gt(0)
+    df.loc[fill, "value_per_dim"] = df.loc[fill, "value"] / df.loc[fill, "d"]
+    # Without bound_per_dim, apply the registry's rule: the bound is the estimate,
+    # or d times it (spectral: bound d‖H‖₂ from the estimate ‖H‖₂).
+    fill = df["bound_per_dim"].isna()
+    spectral = (
+        df["estimator"]
+        .map(lambda e: e in ESTIMATORS and ESTIMATORS[e].bound_is_d_times_value)
+        .astype(bool)
+    )
+    df.loc[fill & spectral, "bound_per_dim"] = df.loc[fill & spectral, "value"]
+    df.loc[fill & ~spectral, "bound_per_dim"] = df.loc[fill & ~spectral, "value_per_dim"]
+    # The bound is a fixed multiple of the estimate, so its interval is the same multiple.
+    factor = df["bound_per_dim"] * df["d"] / df["value"].where(df["value"] != 0)
+    df["bound_value"] = df["bound_per_dim"] * df["d"]
+    df["bound_low"] = df["low"] * factor
+    df["bound_high"] = df["high"] * factor
+    df["source"] = str(source)
+    return df
+
+
+def _text(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, (dict, list)):
+        return json.dumps(x)
+    return str(x)
+
+
+def _read_results(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() == ".json":
+        data = _read_json(path)
+        if isinstance(data, dict):  # pandas orient="columns"/"list": {column: values}
+            try:
+                data = pd.DataFrame(data).to_dict(orient="records")
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{path} holds a JSON object that is not a table of results: {exc}"
+                ) from exc
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ConfigError(
+                f"{path} must hold a JSON list of result rows (as written by "
+                "`hessnorm analyze --out results.json`)."
+            )
+        df = pd.DataFrame(data)
+    else:
+        try:
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path} as a CSV results file: {exc}") from exc
+    return _normalize_results(df, path)
+
+
+def load_input(path: str | os.PathLike) -> RunData | pd.DataFrame:
+    """Read one report input: a run folder (-> :class:`RunData`) or a results file (-> DataFrame).
+
+    A ``metrics.csv`` or ``config.json`` path stands for its run folder. Results
+    DataFrames carry every column of ``hessnorm analyze`` (missing optional ones
+    filled with NaN / ``""``) plus ``source``.
+
+    Raises:
+        ConfigError: the path does not exist, or is neither a run folder nor a
+            ``.csv`` / ``.json`` results file, or is malformed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"report input {p} does not exist.")
+    if p.is_file() and p.name in ("metrics.csv", "config.json"):
+        p = p.parent
+    if p.is_dir():
+        if not (p / "metrics.csv").is_file():
+            raise ConfigError(
+                f"{p} is a folder without metrics.csv, so not a run folder of `hessnorm train`; "
+                "pass run folders (config.json + metrics.csv) or results files of `hessnorm analyze`."
+            )
+        return _read_run(p)
+    if p.suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(
+            f"{p} is neither a run folder nor a results file (.csv or .json from "
+            "`hessnorm analyze --out`)."
+        )
+    return _read_results(p)
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def _opt_rank(name: str) -> tuple:
+    return (_OPT_ORDER.index(name) if name in _OPT_ORDER else len(_OPT_ORDER), name)
+
+
+def _est_rank(name: str) -> tuple:
+    return (_EST_ORDER.index(name) if name in _EST_ORDER else len(_EST_ORDER), name)
+
+
+def _label_runs(runs: list[RunData]) -> None:
+    base = [r.base_label() for r in runs]
+    for r, b in zip(runs, base):
+        r.label = b if base.count(b) == 1 else f"{b} ({r.name})"
+
+
+def _run_keys(results: pd.DataFrame, runs: list[RunData]) -> pd.DataFrame:
+    """Add ``run_key`` (run folder name, else checkpoint path) and a display ``label``."""
+    df = results.copy()
+    df["run_key"] = np.where(df["run"] != "", df["run"], df["checkpoint"])
+    by_name = {r.name: r.label for r in runs}
+    keys = list(dict.fromkeys(df["run_key"]))
+    base = {}
+    for k in keys:
+        row = df.loc[df["run_key"] == k].iloc[0]
+        if k in by_name:
+            base[k] = by_name[k]
+        elif row["optimizer"]:
+            base[k] = row["optimizer"]
+        else:
+            base[k] = Path(k).name or k
+    values = list(base.values())
+    label = {}
+    for k, b in base.items():
+        if values.count(b) == 1 or k in by_name:
+            label[k] = b
+        else:
+            label[k] = f"{b} ({Path(k).name or k})"
+    # Runs named after the same folder in different results files would still collide.
+    df["label"] = df["run_key"].map(label)
+    return df
+
+
+def _colors(labels: Iterable[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {lab: cmap(i % 10) for i, lab in enumerate(dict.fromkeys(labels))}

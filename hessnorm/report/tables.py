@@ -1,0 +1,179 @@
+"""Report tables: the smoothness table of paper 000 (Tables 2–3) and the runs table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hessnorm.report.inputs import (
+    RESULT_COLUMNS,
+    RunData,
+    _est_rank,
+    _normalize_results,
+    _opt_rank,
+    _run_keys,
+)
+
+__all__ = ["norms_table"]
+
+# ---------------------------------------------------------------------------- tables
+
+
+def norms_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The smoothness table of paper 000, Tables 2–3, from ``hessnorm analyze`` rows.
+
+    Keeps, for every run (rows sharing ``run``; rows without one each stand alone by
+    ``checkpoint``), the rows of its last checkpoint (largest ``step``; the last one
+    listed when steps are missing). Exact duplicates (the same file read twice) are
+    dropped. Input numbers are copied unchanged; ``bound_value, bound_low,
+    bound_high`` are the bound H(L, Φ) named in ``bound`` and its interval
+    (``bound_per_dim · d``; the estimate's interval scaled by the same factor, e.g.
+    d·[low, high] for the spectral row whose value is ‖H‖₂ and bound d‖H‖₂).
+
+    Args:
+        results: rows of ``hessnorm analyze`` (its DataFrame, or :func:`load_input`
+            of its results files, concatenated).
+
+    Returns:
+        DataFrame with columns ``label, optimizer, run, step, checkpoint, estimator,
+        metric, bound, rotation, bound_value, bound_low, bound_high, bound_per_dim,
+        value, low, high, confidence, value_per_dim, d, n_hvp, seconds``, ordered by
+        optimizer then estimator.
+
+    Example:
+        >>> rows = pd.DataFrame({"checkpoint": ["r/ckpt_000010.pt", "r/ckpt_000020.pt"],
+        ...                      "run": ["r", "r"], "step": [10, 20], "estimator": ["l11"] * 2,
+        ...                      "bound": ["‖H‖₁,₁"] * 2, "value": [1.5, 2.5], "d": [10, 10]})
+        >>> t = norms_table(rows)
+        >>> t["step"].tolist(), t["value"].tolist(), t["bound_per_dim"].tolist()
+        ([20], [2.5], [0.25])
+    """
+    if "bound_value" not in results.columns:
+        results = _normalize_results(results, Path("<DataFrame>"))
+    if "run_key" not in results.columns:
+        results = _run_keys(results, [])
+    df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
+    keep = []
+    for _, g in df.groupby("run_key", sort=False):
+        steps = g["step"]
+        if steps.notna().any():
+            last_ckpt = g.loc[steps == steps.max(), "checkpoint"].iloc[-1]
+        else:
+            last_ckpt = g["checkpoint"].iloc[-1]
+        keep.append(g[g["checkpoint"] == last_ckpt])
+    out = pd.concat(keep) if keep else df.iloc[:0]
+    out = out.assign(
+        _o=out["optimizer"].map(_opt_rank),
+        _e=out["estimator"].map(_est_rank),
+    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+    cols = [
+        "label",
+        "optimizer",
+        "run",
+        "step",
+        "checkpoint",
+        "estimator",
+        "metric",
+        "bound",
+        "rotation",
+        "bound_value",
+        "bound_low",
+        "bound_high",
+        "bound_per_dim",
+        "value",
+        "low",
+        "high",
+        "confidence",
+        "value_per_dim",
+        "d",
+        "n_hvp",
+        "seconds",
+    ]
+    out = out[cols].reset_index(drop=True)
+    out["step"] = out["step"].astype("Int64")
+    out["d"] = out["d"].astype("Int64")
+    out["n_hvp"] = out["n_hvp"].astype("Int64")
+    return out
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None or x is pd.NA:
+        return ""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return ""
+    if math.isfinite(v) and v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    return f"{v:.{digits}g}"
+
+
+def _interval(low: float, high: float, conf: float) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    c = "" if pd.isna(conf) else (" (bound)" if conf >= 1 else f" ({conf:.0%})")
+    return f"[{_fmt(low)}, {_fmt(high)}]{c}"
+
+
+def _norms_display(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in table.itertuples(index=False):
+        d = r.d if not pd.isna(r.d) else None
+        rows.append(
+            {
+                "optimizer": r.label,
+                "step": _fmt(r.step),
+                "H(L, Φ)": r.metric or r.estimator,
+                "bound": r.bound,
+                "estimator": r.estimator,
+                "rotation": "" if r.rotation == "none" else r.rotation,
+                "estimate": _fmt(r.bound_value),
+                "interval": _interval(r.bound_low, r.bound_high, r.confidence),
+                "estimate / d": _fmt(r.bound_per_dim),
+                "d": _fmt(d),
+                "HVPs": _fmt(r.n_hvp),
+            }
+        )
+    out = pd.DataFrame(rows)
+    if not out.empty and (out["rotation"] == "").all():
+        out = out.drop(columns="rotation")
+    return out
+
+
+def _runs_table(runs: list[RunData]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        m = r.metrics
+        tail = m["train_loss"].dropna()
+        n_tail = max(1, len(tail) // 10)
+        ev = m["eval_loss"].dropna() if "eval_loss" in m.columns else pd.Series(dtype=float)
+        rows.append(
+            {
+                "run": r.label,
+                "folder": str(r.path),
+                "task": r.task,
+                "optimizer": r.optimizer,
+                "peak lr": r.config.get("lr")
+                if r.config.get("lr") is not None
+                else (float(m["lr"].max()) if "lr" in m.columns else math.nan),
+                "steps": int(m["step"].max()) if len(m) else 0,
+                "final train loss (mean of last 10%)": float(tail.iloc[-n_tail:].mean())
+                if len(tail)
+                else math.nan,
+                "final eval loss": float(ev.iloc[-1]) if len(ev) else math.nan,
+                "seconds": float(m["seconds"].dropna().iloc[-1])
+                if "seconds" in m.columns and m["seconds"].notna().any()
+                else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
