@@ -110,6 +110,7 @@ class LossOperator(HessianLike, Protocol):
 
 
 _MODES = ("auto", "fwd", "rev", "graph")
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _BN_MODES = ("batch", "frozen")
 
 
@@ -612,16 +613,13 @@ class HessianOperator(_Base):
         return f"single={self._mode_for(1)}, batched={self._mode_for(2)}"
 
     def _forward_mode_works(self) -> bool:
-        if self._fwd_ok is None:
-            try:
-                v = torch.zeros(1, self.d, dtype=self.dtype, device=self.device)
-                self._hvp_block_fwd(v, self._batches[:1], [1.0])
-                self._fwd_ok = True
-                # the probe is real work (one HVP on one batch): count it
-                self.matvec_count += 1
-            except (RuntimeError, NotImplementedError):
-                self._fwd_ok = False
-        return self._fwd_ok
+        """False once forward-mode AD has failed on this model; unknown counts as True.
+
+        There is no separate probe HVP: the first block of vectors in ``"auto"`` mode
+        tries forward mode and falls back to reverse mode on failure (see
+        :meth:`_hvp_block`), so every HVP performed is one the caller asked for.
+        """
+        return self._fwd_ok is not False
 
     def _mode_for(self, k: int) -> str:
         if self.mode != "auto":
@@ -665,7 +663,18 @@ class HessianOperator(_Base):
         return int(max(1, min(1024, budget // max(per_vector, 1))))
 
     def _hvp_block(self, V: Tensor, mode: str) -> Tensor:
-        if mode == "fwd":
+        if mode == "fwd" and self.mode == "auto" and self._fwd_ok is None:
+            # the first block tries forward mode; ops without forward-mode rules raise
+            try:
+                out = self._hvp_block_fwd(V, self._batches, self._weights)
+            except _OOM:
+                raise
+            except (RuntimeError, NotImplementedError):
+                self._fwd_ok = False
+                return self._hvp_block_rev(V)
+            self._fwd_ok = True
+            return out
+        if mode == "fwd" and (self.mode == "fwd" or self._fwd_ok):
             return self._hvp_block_fwd(V, self._batches, self._weights)
         return self._hvp_block_rev(V)
 

@@ -151,7 +151,8 @@ class RandPerm(_Rotation):
     Each part's map is orthogonal, so B is block-diagonal orthogonal and R is
     exactly orthogonal. Parts do not mix within a layer, but the random
     permutation of the next layer scatters every part across all parts; for
-    d ≥ 10⁴ more than 99% of the entries lie in the first part anyway.
+    d ≥ 10⁴ about 98% or more of the entries lie in the first part anyway (the
+    smallest share we measured over d = 10⁴ … 2·10⁵ is 98.2%, at d = 17,215).
 
     Memory: ``depth`` int64 permutation indices (8d bytes each) plus
     O(d^(2/3)) matrix entries; the work per application is O(d^(4/3)) flops.

@@ -69,14 +69,18 @@ def test_batchnorm_modes_differ_and_frozen_needs_stats():
 
 def test_dense_hessian_independent_check():
     """exact.hessian (jacrev of grad) agrees with torch.autograd.functional.hessian."""
-    op = make_problem("mlp", n=16)
-    x, y = op._batches[0]
+    model, loss_fn, [(x, y)] = problem_parts("mlp", n=16)
+    model = model.double()
+    op = HessianOperator.from_module(model, loss_fn, (x, y))
 
     def f(flat):
-        return op._batch_loss(flat, (x, y))
+        return loss_fn(torch.func.functional_call(model, op.unflatten(flat), (x.double(),)), y)
 
     ref = torch.autograd.functional.hessian(f, op.point)
     assert_close(exact.hessian(op), 0.5 * (ref + ref.T), 1e-12, "dense Hessian")
+    # exact.hessian is the operator's public dense() (reverse over reverse), symmetrized
+    assert_close(op.dense(), ref, 1e-12, "HessianOperator.dense")
+    assert op.matvec_count == 0  # dense() performs no HVP
 
 
 def test_quadratic_from_function():
@@ -104,7 +108,7 @@ def test_batch_split_invariance(name, sizes):
     n = sum(sizes)
     whole = make_problem(name, n=n)
     parts = make_problem(name, n=n, split=sizes)
-    assert len(parts._batches) == 2
+    assert "in 2 batches" in parts.description
     V = probes(whole.d)
     if name == "conv_bn":
         # BatchNorm with batch statistics makes the loss depend on how examples are
@@ -131,10 +135,43 @@ def test_batched_equals_singles_and_chunking():
 
 
 def test_matvec_count():
+    # every HVP performed is counted, and only those: "auto" mode finds out whether
+    # forward mode works on the first real block, without a separate probe HVP
+    for mode in ("auto", "fwd", "rev", "graph"):
+        op = make_problem("mlp")
+        op.mode = mode
+        op.hvp(probes(op.d, k=4))
+        op.hvp(probes(op.d, k=1)[0])
+        assert op.matvec_count == 5, mode
+
+
+def test_operator_contract_is_explicit():
+    from hessnorm.operator import DenseOperator, HessianLike, LossOperator, RotatedOperator
+    from hessnorm.rotation import RandPerm
+
     op = make_problem("mlp")
-    op.hvp(probes(op.d, k=4))
-    op.hvp(probes(op.d, k=1)[0])
-    assert op.matvec_count == 5
+    rot = op.rotated(RandPerm(op.d, seed=0))
+    dense = DenseOperator(torch.eye(3, dtype=torch.float64))
+    for o in (op, rot, dense):
+        assert isinstance(o, HessianLike) and isinstance(o, LossOperator)
+    assert isinstance(rot, RotatedOperator)
+    # only the HessianOperator has named parameters; the others do not fake them
+    assert hasattr(op, "param_slices")
+    assert not hasattr(rot, "param_slices") and not hasattr(dense, "param_slices")
+    with pytest.raises(TypeError, match="expected a Hessian operator"):
+        as_operator([1.0, 2.0])
+    # a minimal user operator (d, dtype, device, matvec_count, hvp) is accepted as is
+
+    class Diag:
+        d, dtype, device, matvec_count = 2, torch.float64, torch.device("cpu"), 0
+
+        def hvp(self, v):
+            return 2 * v
+
+    mine = Diag()
+    assert as_operator(mine) is mine and not isinstance(mine, LossOperator)
+    assert exact.hessian(mine).tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    assert torch.equal(rot.dense(), exact.hessian(rot, symmetrize=False))
 
 
 def test_scipy_eigsh_matches_exact(problems):

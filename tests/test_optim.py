@@ -143,7 +143,8 @@ def test_blockwise_adam_with_coordinates_equals_torch_adam():
 
 
 def test_blockwise_adam_with_partition_objects():
-    part = pytest.importorskip("hessnorm.partition")
+    from hessnorm import partition as part
+
     kw = dict(lr=0.01, betas=(0.9, 0.99))
     ref = _train_mlp(lambda m: torch.optim.Adam(m.parameters(), **kw))
     mine = _train_mlp(
@@ -311,7 +312,6 @@ def test_make_optimizer_names_and_errors():
 
 
 def test_rotated_adam_by_name():
-    pytest.importorskip("hessnorm.rotation")
     model = _MLP().double()
     opt = make_optimizer(
         "rotated-adam", model.named_parameters(), lr=1e-3, rotation="randperm:depth=2,seed=0"

@@ -18,7 +18,15 @@ import pytest
 
 from hessnorm.errors import ConfigError
 from hessnorm.l0l1 import fit_l0l1
-from hessnorm.report import configure_parser, load_input, make_report, norms_table, run
+from hessnorm.report import (
+    configure_parser,
+    load_input,
+    make_report,
+    norms_table,
+    plot_l0l1,
+    run,
+)
+from hessnorm.results import ESTIMATORS as REGISTRY
 
 TENSORS = [
     f"transformer.h.{i}.{n}"
@@ -85,11 +93,9 @@ def fake_run(root: Path, name: str, optimizer: str, *, steps=300, smooth=False, 
     return folder
 
 
-ESTIMATORS = {  # estimator -> (metric, bound), as hessnorm.analyze names them
-    "l11": ("H(L, Φ_Adam)", "‖H‖₁,₁"),
-    "spectral": ("H(L, Φ_AdaSGD)", "d‖H‖₂"),
-    "blockwise:by_tensor": ("H(L, Φ_tensor)", "S(H, Φ)"),
-    "rotated-l11": ("H(L∘R, Φ_Adam)", "‖RᵀHR‖₁,₁"),
+ESTIMATORS = {  # estimator -> (metric, bound), from the registry analyze uses
+    n: (REGISTRY[n].metric, REGISTRY[n].bound)
+    for n in ("l11", "spectral", "blockwise:by_tensor", "rotated-l11")
 }
 ROT = "randperm:depth=2,seed=0"
 
@@ -387,3 +393,29 @@ def test_single_step_results_have_no_trajectory(tmp_path):
     assert (out / "norms.csv").is_file() and (out / "l11_per_tensor.png").is_file()
     assert not (out / "trajectories.png").exists()
     assert "Estimates along training" not in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def test_plot_has_labels_legend_and_both_bounds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = np.geomspace(0.1, 10, 20)
+    s = 1.0 + 2.0 * g
+    ax = plot_l0l1(g, s, title="demo", color_by=np.arange(20))
+    try:
+        assert ax.get_title() == "demo"
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert "gradient norm" in ax.get_xlabel() and "smoothness" in ax.get_ylabel()
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("L0" in t for t in labels) and any("log s" in t for t in labels)
+        # The (L0, L1) line drawn is the fitted one.
+        line = ax.get_lines()[0]
+        x, y = line.get_data()
+        assert np.allclose(y, 1.0 + 2.0 * x, rtol=1e-6)
+    finally:
+        plt.close(ax.figure)

@@ -370,7 +370,7 @@ def trajectory_smoothness(grad_fn, trajectory: np.ndarray, alpha: float = 0.1):
     for k in range(len(traj) - 1):
         if torch.equal(traj[k], traj[k + 1]) or not torch.isfinite(traj[k + 1]).all():
             continue
-        est = local_smoothness(grad, traj[k], traj[k + 1], alpha=alpha)
+        est = local_smoothness(None, traj[k], traj[k + 1], alpha=alpha, grad_fn=grad)
         gn.append(est.details["grad_norm"])
         sm.append(est.value)
     return np.array(gn), np.array(sm)

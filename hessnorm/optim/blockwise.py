@@ -10,7 +10,8 @@ coordinates into blocks b of sizes d_b, with g_t the gradient at x_{t-1}:
 Adam is the case of singleton blocks, AdaSGD (Algorithm 2) the case of a single
 block. The paper's pseudo-code and ``torch.optim.Adam`` differ in three places; each
 is an explicit switch here (defaults follow torch, so ``Partition.coordinates`` gives
-``torch.optim.Adam`` step for step):
+``torch.optim.Adam`` step for step, not bit for bit: the two differ by about one
+ulp in places):
 
 * ``bias_correction`` (torch: on; paper: off): divide m by 1 - β1^t and v by 1 - β2^t.
 * ``eps_inside`` (torch: False, ``sqrt(v) + ε``; paper: True, ``sqrt(v + ε)``).
@@ -166,7 +167,8 @@ class BlockwiseAdam(torch.optim.Optimizer):
         block_mean /= sizes
         v = first["block_exp_avg_sq"]
         v.mul_(beta2).add_(block_mean, alpha=1 - beta2)
-        # Same operation order as torch.optim.Adam, so singleton blocks match it bit for bit.
+        # Same operation order as torch.optim.Adam; singleton blocks match it to about
+        # one ulp (not bit for bit).
         bc2 = (1 - beta2**t) if group["bias_correction"] else 1.0
         if group["eps_inside"]:
             denom_block = (v / bc2 + eps).sqrt()

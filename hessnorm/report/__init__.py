@@ -192,9 +192,10 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
     doc.h(2, "Smoothness under each optimizer's geometry")
     doc.p(
         "Paper 000, Tables 2–3: for the last analysed checkpoint of each run, the smoothness "
-        "H(L, Φ) that governs the optimizer with partition Φ, the quantity that bounds it "
-        "(`bound`: ‖H‖₁,₁ for Adam, d‖H‖₂ for AdaSGD, the blockwise surrogate S(H, Φ) "
-        "otherwise; S is an upper surrogate, see the blockwise_smoothness docstring), its estimate with the "
+        "H(L, Φ) that governs the optimizer with partition Φ, the surrogate the table reports "
+        "for it (`bound`: ‖H‖₁,₁ for Adam, d‖H‖₂ for AdaSGD, the blockwise surrogate S(H, Φ) "
+        "otherwise: each is the trace of a diagonal A with −A ⪯ H ⪯ A, paper 000 Lemma C.3, "
+        "not necessarily the smallest such bound), its estimate with the "
         "estimator's interval, and the estimate divided by the dimension d. A `rotation` "
         "means the Hessian was taken in rotated coordinates (RᵀHR): rotated-adam runs are "
         "analysed in their own coordinates, as in paper 000, Table 2."

@@ -13,9 +13,9 @@ import sys
 import time
 
 import torch
-from hessnorm.train.checkpoint import list_checkpoints
 
 from hessnorm.train import TrainConfig, train
+from hessnorm.train.runs import list_checkpoints
 
 ARGS = [
     "--task",
