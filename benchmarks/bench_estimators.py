@@ -28,16 +28,21 @@ from _peers import MeanLoss
 
 import hessnorm as hn
 from hessnorm.estimators import exact
-from hessnorm.models import MLP, TinyTransformer, _init, char_tokens, digits, lm_loss
 from hessnorm.operator import _math_attention
+from hessnorm.testing import MLP, TinyTransformer, char_tokens, digits, init_params, lm_loss
 
 
 def problems():
     g = torch.Generator().manual_seed(0)
     x, y = digits(256)
-    yield "MLP 64-32-10", _init(MLP((64, 32, 10)), g).double(), F.cross_entropy, (x.double(), y)
+    yield (
+        "MLP 64-32-10",
+        init_params(MLP((64, 32, 10)), g).double(),
+        F.cross_entropy,
+        (x.double(), y),
+    )
     xt, yt = char_tokens(16, block=16, vocab=32)
-    model = _init(TinyTransformer(vocab=32, dim=24, heads=2, layers=1, block=16), g).double()
+    model = init_params(TinyTransformer(vocab=32, dim=24, heads=2, layers=1, block=16), g).double()
     yield "transformer 1x24", model, lm_loss, (xt, yt)
 
 

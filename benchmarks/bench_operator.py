@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from _peers import MeanLoss
 
-from hessnorm.models import MLP, TinyTransformer, _init, char_tokens, digits, lm_loss
 from hessnorm.operator import HessianOperator, _math_attention
+from hessnorm.testing import MLP, TinyTransformer, char_tokens, digits, init_params, lm_loss
 
 
 def timeit(fn, repeats: int) -> float:
@@ -43,9 +43,9 @@ def timeit(fn, repeats: int) -> float:
 def problems():
     g = torch.Generator().manual_seed(0)
     x, y = digits(512)
-    yield "MLP 64-128-128-10", _init(MLP((64, 128, 128, 10)), g), F.cross_entropy, (x, y)
+    yield "MLP 64-128-128-10", init_params(MLP((64, 128, 128, 10)), g), F.cross_entropy, (x, y)
     xt, yt = char_tokens(32, block=32, vocab=64)
-    model = _init(TinyTransformer(vocab=64, dim=64, heads=4, layers=2, block=32), g)
+    model = init_params(TinyTransformer(vocab=64, dim=64, heads=4, layers=2, block=32), g)
     yield "transformer 2x64", model, lm_loss, (xt, yt)
 
 
