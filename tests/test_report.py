@@ -315,9 +315,7 @@ def test_last_checkpoint_and_standalone_checkpoints():
         dict(checkpoint="r/ckpt_000010.pt", run="r", step=10, estimator="l11", value=1.0),
         dict(checkpoint="r/ckpt_000020.pt", run="r", step=20, estimator="l11", value=2.0),
     ]
-    from hessnorm.report import _normalize_results
-
-    t = norms_table(_normalize_results(pd.DataFrame(rows), Path("x.csv")))
+    t = norms_table(pd.DataFrame(rows))
     assert sorted(t["value"]) == [2.0, 3.0, 4.0]
     assert t.loc[t["run"] == "r", "step"].item() == 20
 

@@ -42,25 +42,24 @@ def hessian(
 ) -> Tensor:
     """Dense Hessian (d, d) of an operator, in the operator's dtype.
 
-        Cost: d HVP-equivalents (reverse-over-reverse for a HessianOperator) and
-        d² entries of memory.
+    Cost: d HVP-equivalents (reverse-over-reverse for a HessianOperator) and
+    d² entries of memory.
 
-        Args:
-            op: a HessianOperator, any object with ``d`` and ``hvp``, or a dense tensor.
-            max_dim: refuse d above this (default :data:`DEFAULT_MAX_DIM` = 20,000).
-            chunk_size: basis vectors per vectorised call.
-            symmetrize: return (H + Hᵀ)/2, removing rounding asymmetry.
+    Args:
+        op: a HessianOperator, any :class:`~hessnorm.operator.HessianLike`, or a dense tensor.
+        max_dim: refuse d above this (default :data:`DEFAULT_MAX_DIM` = 20,000).
+        chunk_size: basis vectors per vectorised call.
+        symmetrize: return (H + Hᵀ)/2, removing rounding asymmetry.
 
-        Raises:
-            TooLargeError: when d exceeds ``max_dim``.
+    Raises:
+        TooLargeError: when d exceeds ``max_dim``.
 
-        Example:
-            >>> import torch
-            >>> from hessnorm.operator import HessianOperator
-    from hessnorm.partition import Partition
-            >>> op = HessianOperator.from_function(lambda x: (x**3).sum(), torch.ones(2, dtype=torch.float64))
-            >>> hessian(op).tolist()
-            [[6.0, 0.0], [0.0, 6.0]]
+    Example:
+        >>> import torch
+        >>> from hessnorm.operator import HessianOperator
+        >>> op = HessianOperator.from_function(lambda x: (x**3).sum(), torch.ones(2, dtype=torch.float64))
+        >>> hessian(op).tolist()
+        [[6.0, 0.0], [0.0, 6.0]]
     """
     if isinstance(op, Tensor):
         if op.dim() != 2 or op.shape[0] != op.shape[1]:
@@ -184,8 +183,9 @@ def blockwise_surrogate(op_or_H, labels, *, max_dim: int | None = None) -> tuple
 
     Example:
         >>> import torch
-        >>> blockwise_surrogate(torch.tensor([[2.0, -1.0], [-1.0, 2.0]], dtype=torch.float64), [0, 0])  # one block: d‖H‖₂ (twice: S and its diagonal)
-        (6.0, 6.0)
+        >>> S, diag = blockwise_surrogate(torch.tensor([[2.0, -1.0], [-1.0, 2.0]], dtype=torch.float64), [0, 1])
+        >>> round(S, 12), round(diag, 12)  # Σ √(d_b d_b') ‖H_bb'‖₂ = 2+1+1+2, diagonal 2+2
+        (6.0, 4.0)
     """
     norms, sizes, _ = block_norms(op_or_H, labels, max_dim=max_dim)
     root = sizes.sqrt()
