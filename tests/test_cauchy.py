@@ -85,6 +85,8 @@ def test_interval_edge_cases():
     assert (small.low, small.high) == (0.0, float("inf")) and "needs n >= 8" in small.details[
         "interval"
     ]
+    small_iqr = l11_norm(H, n=9, seed=0, method="iqr", progress=False)
+    assert small_iqr.high == float("inf") and "needs n >= 10" in small_iqr.details["interval"]
     none = l11_norm(H, n=50, seed=0, n_boot=0, progress=False)
     assert none.low == none.value == none.high
     zero = l11_norm(torch.zeros(4, 4, dtype=torch.float64), n=20, progress=False)

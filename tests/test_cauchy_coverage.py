@@ -126,3 +126,19 @@ def test_se_matches_spread_over_seeds():
     var = torch.tensor(vals).var().item()
     ratio = sum(se2) / len(se2) / var
     assert 0.8 < ratio < 1.25, ratio  # 200 seeds: the sample variance is within ±20% (2 s.e.)
+
+
+@pytest.mark.parametrize("n", [12, 21])
+def test_coverage_at_small_n(problems, n):
+    """The t interval with κ_n also holds at the small n that analyze/blockwise users pick."""
+    cases = _cases(problems)
+    hits = {}
+    for name in ("identity", "block_diag_4x4", "rank3", "mlp"):
+        H, truth = cases[name], exact.l11_norm(cases[name])
+        for method in ("median", "iqr"):
+            est = _estimates(H, method, n=n)
+            assert all(lo <= v <= hi for v, lo, hi in est)
+            hits[name, method] = sum(lo <= truth <= hi for _, lo, hi in est)
+    print(n, hits)
+    assert sum(hits.values()) / (30 * len(hits)) >= 0.88, hits
+    assert min(hits.values()) >= 24, hits
