@@ -198,10 +198,16 @@ def _chunk_pass(Y: Tensor, method: str, c_n: float, with_spread: bool) -> tuple[
     del values
     if not with_spread:
         return m.double(), torch.zeros(Y.shape[0], dtype=torch.float64)
-    # π ŝ_j (1/2 − I_ij) = (π/2) ŝ_j sign(|Y_ij| − m_j): one matrix-vector product
-    # in the work dtype (its rounding is far below the spread of Z).
-    Z = (0.5 * math.pi) * (A.sub_(m).sign_() @ (m / c_n)).double()
-    return m.double(), Z.cpu()
+    return m.double(), _influence_sums(A, m, c_n)
+
+
+def _influence_sums(A: Tensor, m: Tensor, c_n: float) -> Tensor:
+    """Z (n,) from |Y| (n, m) (overwritten) and the row statistics m_j.
+
+    π ŝ_j (1/2 − I_ij) = (π/2) ŝ_j sign(|Y_ij| − m_j): one sign and one
+    matrix-vector product in the work dtype (its rounding is far below the spread of Z).
+    """
+    return ((0.5 * math.pi) * (A.sub_(m).sign_() @ (m / c_n)).double()).cpu()
 
 
 @functools.cache
