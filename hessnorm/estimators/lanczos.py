@@ -31,7 +31,6 @@ re-orthogonalisation streams over the chunks (same arithmetic, exact same result
 
 from __future__ import annotations
 
-import math
 import time
 from typing import NamedTuple
 
