@@ -1,8 +1,12 @@
 """Spectral norm and (1,1)-norm: hessnorm against peer libraries, same models, same run.
 
-Spectral norm: each library is asked for the top eigenvalue magnitude with its own
-tolerance knob set to 1e-4; the table shows HVPs spent, seconds, and the relative
-error against the exact ‖H‖₂ from the dense float64 Hessian. Peers:
+Spectral norm: hessnorm's ``spectral_norm(tol=1e-4)`` (an interval of relative
+width ≤ 1e-4 at 99% confidence) against each peer at its own tolerance knob
+(PyHessian 1e-5, as issue 15 asks; the others 1e-4); the table shows HVPs spent,
+seconds, and the relative error against the exact ‖H‖₂ from the dense float64
+Hessian. The line under the table splits hessnorm's time into HVPs (the same number
+of ``op.hvp`` calls timed alone) and the rest (re-orthogonalisation, bound, Python):
+the overhead. Peers:
 
 * PyHessian ``hessian.eigenvalues`` (power iteration),
 * curvlinops ``HessianLinearOperator(...).to_scipy()`` + ``scipy.sparse.linalg.eigsh``,
@@ -122,6 +126,7 @@ def main():
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--pyhessian-tol", type=float, default=1e-5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -147,8 +152,9 @@ def main():
         ):
             try:
                 extra = (truth,) if fn is run_eigenthings else ()
-                fn(model, loss_fn, batch, args.tol, *extra)  # warm-up: the timed run is the second
-                rows.append((label, fn(model, loss_fn, batch, args.tol, *extra)))
+                tol = args.pyhessian_tol if fn is run_pyhessian else args.tol
+                fn(model, loss_fn, batch, tol, *extra)  # warm-up: the timed run is the second
+                rows.append((label, fn(model, loss_fn, batch, tol, *extra)))
             except Exception as exc:  # a missing or failing peer is reported, not fatal
                 rows.append((label, f"{type(exc).__name__}: {str(exc)[:70]}"))
         for label, r in rows:
@@ -160,6 +166,17 @@ def main():
                 f"   {label:<34}{n:>6}{sec:>9.3f}{abs(val - truth) / truth:>12.1e}"
                 f"{n / ours[1]:>13.2f}x{sec / ours[2]:>13.2f}x"
             )
+        v = torch.randn(op.d, dtype=op.dtype, generator=torch.Generator().manual_seed(1))
+        op.hvp(v)
+        t = time.perf_counter()
+        for _ in range(est.n_hvp):
+            op.hvp(v)
+        hvp_sec = time.perf_counter() - t
+        print(
+            f"   hessnorm: interval [{est.low:.8g}, {est.high:.8g}] at {est.confidence:.0%}; "
+            f"{est.n_hvp} HVPs alone {hvp_sec:.3f} s, overhead "
+            f"{(ours[2] - hvp_sec) / hvp_sec:.0%} of HVP time"
+        )
 
         # (1,1)-norm: n = 50 batched vs 50 separate HVPs
         gen = torch.Generator().manual_seed(0)
