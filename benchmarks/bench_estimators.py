@@ -45,6 +45,20 @@ def problems():
     yield "transformer 1x24", model, lm_loss, (xt, yt)
 
 
+class TimedHVP:
+    """The operator with the seconds spent inside ``hvp`` added to ``acc[0]``."""
+
+    def __init__(self, op, acc):
+        self.op, self.acc = op, acc
+        self.d, self.dtype, self.device = op.d, op.dtype, op.device
+
+    def hvp(self, v):
+        t = time.perf_counter()
+        out = self.op.hvp(v)
+        self.acc[0] += time.perf_counter() - t
+        return out
+
+
 class Counter:
     def __init__(self):
         self.n = 0
@@ -141,8 +155,10 @@ def main():
         )
         hn.spectral_norm(op, tol=args.tol, seed=0, progress=False)  # warm-up, as for the peers
         op = hn.HessianOperator.from_module(model, loss_fn, batch)
+        hvp_time = [0.0]
+        timed = TimedHVP(op, hvp_time)
         t = time.perf_counter()
-        est = hn.spectral_norm(op, tol=args.tol, seed=0, progress=False)
+        est = hn.spectral_norm(timed, tol=args.tol, seed=0, progress=False)
         ours = (est.value, est.n_hvp, time.perf_counter() - t)
         rows = [("hessnorm spectral_norm (Lanczos)", ours)]
         for label, fn in (
@@ -166,16 +182,10 @@ def main():
                 f"   {label:<34}{n:>6}{sec:>9.3f}{abs(val - truth) / truth:>12.1e}"
                 f"{n / ours[1]:>13.2f}x{sec / ours[2]:>13.2f}x"
             )
-        v = torch.randn(op.d, dtype=op.dtype, generator=torch.Generator().manual_seed(1))
-        op.hvp(v)
-        t = time.perf_counter()
-        for _ in range(est.n_hvp):
-            op.hvp(v)
-        hvp_sec = time.perf_counter() - t
         print(
             f"   hessnorm: interval [{est.low:.8g}, {est.high:.8g}] at {est.confidence:.0%}; "
-            f"{est.n_hvp} HVPs alone {hvp_sec:.3f} s, overhead "
-            f"{(ours[2] - hvp_sec) / hvp_sec:.0%} of HVP time"
+            f"of its {ours[2]:.3f} s, {hvp_time[0]:.3f} s in op.hvp: overhead "
+            f"{(ours[2] - hvp_time[0]) / hvp_time[0]:.0%} of HVP time"
         )
 
         # (1,1)-norm: n = 50 batched vs 50 separate HVPs

@@ -65,6 +65,7 @@ def test_matches_exact_surrogate(problems, name, kind):
     assert again.value == est.value
 
 
+@pytest.mark.slow  # ~1-3 min on 2 shared cores: 3 random pairs of 256-768 coordinates
 def test_transformer_by_tensor(problems):
     op, H = problems["transformer"]
     part = Partition.by_tensor(op)
