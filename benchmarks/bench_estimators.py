@@ -1,8 +1,12 @@
 """Spectral norm and (1,1)-norm: hessnorm against peer libraries, same models, same run.
 
-Spectral norm: each library is asked for the top eigenvalue magnitude with its own
-tolerance knob set to 1e-4; the table shows HVPs spent, seconds, and the relative
-error against the exact ‖H‖₂ from the dense float64 Hessian. Peers:
+Spectral norm: hessnorm's ``spectral_norm(tol=1e-4)`` (an interval of relative
+width ≤ 1e-4 at 99% confidence) against each peer at its own tolerance knob
+(PyHessian 1e-5, as issue 15 asks; the others 1e-4); the table shows HVPs spent,
+seconds, and the relative error against the exact ‖H‖₂ from the dense float64
+Hessian. The line under the table splits hessnorm's time into HVPs (the same number
+of ``op.hvp`` calls timed alone) and the rest (re-orthogonalisation, bound, Python):
+the overhead. Peers:
 
 * PyHessian ``hessian.eigenvalues`` (power iteration),
 * curvlinops ``HessianLinearOperator(...).to_scipy()`` + ``scipy.sparse.linalg.eigsh``,
@@ -44,6 +48,20 @@ def problems():
     xt, yt = char_tokens(16, block=16, vocab=32)
     model = init_params(TinyTransformer(vocab=32, dim=24, heads=2, layers=1, block=16), g).double()
     yield "transformer 1x24", model, lm_loss, (xt, yt)
+
+
+class TimedHVP:
+    """The operator with the seconds spent inside ``hvp`` added to ``acc[0]``."""
+
+    def __init__(self, op, acc):
+        self.op, self.acc = op, acc
+        self.d, self.dtype, self.device = op.d, op.dtype, op.device
+
+    def hvp(self, v):
+        t = time.perf_counter()
+        out = self.op.hvp(v)
+        self.acc[0] += time.perf_counter() - t
+        return out
 
 
 class Counter:
@@ -127,6 +145,7 @@ def main():
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--pyhessian-tol", type=float, default=1e-5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -141,8 +160,10 @@ def main():
         )
         hn.spectral_norm(op, tol=args.tol, seed=0, progress=False)  # warm-up, as for the peers
         op = hn.HessianOperator.from_module(model, loss_fn, batch)
+        hvp_time = [0.0]
+        timed = TimedHVP(op, hvp_time)
         t = time.perf_counter()
-        est = hn.spectral_norm(op, tol=args.tol, seed=0, progress=False)
+        est = hn.spectral_norm(timed, tol=args.tol, seed=0, progress=False)
         ours = (est.value, est.n_hvp, time.perf_counter() - t)
         rows = [("hessnorm spectral_norm (Lanczos)", ours)]
         for label, fn in (
@@ -152,8 +173,9 @@ def main():
         ):
             try:
                 extra = (truth,) if fn is run_eigenthings else ()
-                fn(model, loss_fn, batch, args.tol, *extra)  # warm-up: the timed run is the second
-                rows.append((label, fn(model, loss_fn, batch, args.tol, *extra)))
+                tol = args.pyhessian_tol if fn is run_pyhessian else args.tol
+                fn(model, loss_fn, batch, tol, *extra)  # warm-up: the timed run is the second
+                rows.append((label, fn(model, loss_fn, batch, tol, *extra)))
             except Exception as exc:  # a missing or failing peer is reported, not fatal
                 rows.append((label, f"{type(exc).__name__}: {str(exc)[:70]}"))
         for label, r in rows:
@@ -165,6 +187,11 @@ def main():
                 f"   {label:<34}{n:>6}{sec:>9.3f}{abs(val - truth) / truth:>12.1e}"
                 f"{n / ours[1]:>13.2f}x{sec / ours[2]:>13.2f}x"
             )
+        print(
+            f"   hessnorm: interval [{est.low:.8g}, {est.high:.8g}] at {est.confidence:.0%}; "
+            f"of its {ours[2]:.3f} s, {hvp_time[0]:.3f} s in op.hvp: overhead "
+            f"{(ours[2] - hvp_time[0]) / hvp_time[0]:.0%} of HVP time"
+        )
 
         # (1,1)-norm: n = 50 batched vs 50 separate HVPs
         gen = torch.Generator().manual_seed(0)

@@ -3,38 +3,37 @@
 For a partition Φ of the coordinates into blocks b of sizes d_b, S(H, Φ) is the
 trace of the diagonal matrix A with a_b = Σ_{b'} √(d_{b'}/d_b)‖H_{b,b'}‖₂ on block
 b, which satisfies −A ⪯ H ⪯ A (Lemma C.3; Defs. 3.8–3.9 and C.2 define the
-Φ-smoothness it bounds; see DESIGN.md). Special cases: singleton blocks (Adam)
-give ‖H‖₁,₁, one block (AdaSGD) gives d‖H‖₂; both are dispatched to the
-dedicated estimators (:func:`~hessnorm.estimators.cauchy.l11_norm`,
-:func:`~hessnorm.estimators.lanczos.spectral_norm`).
+Φ-smoothness it bounds). Special cases: singleton blocks (Adam) give ‖H‖₁,₁, one
+block (AdaSGD) gives d‖H‖₂; ``method="auto"`` dispatches them to the dedicated
+estimators (:func:`~hessnorm.estimators.cauchy.l11_norm`,
+:func:`~hessnorm.estimators.lanczos.spectral_norm`) unless the exact path is cheaper.
 
-General partitions: a randomized block range finder over *block columns*.
-For each block b' with d_b' > p(1 + 2q) + r (else see below):
+General partitions, per block pair:
 
-1. Ω ∈ R^{d_b' × p} Gaussian, Q = orth(Ω); embed Q's columns on block b' and apply
-   H: p HVPs give H[:, b']Q, i.e. H_{b,b'}Q for **every** row block b at once.
-2. q power steps: (H · H[:, b']Q) restricted to block b' is (H[:, b']ᵀH[:, b'])Q;
-   re-orthogonalise and apply H[:, b'] again (2p HVPs per step). Q then spans the
-   dominant right-singular directions of the block column H[:, b'].
-3. ‖H_{b,b'}Q‖₂ ≤ ‖H_{b,b'}‖₂ for every b — a deterministic lower bound.
-4. A posteriori upper bound (Halko, Martinsson, Tropp 2011, Lemma 4.1 / eq. 4.3):
-   with r Gaussian vectors g_i, projected u_i = (I − QQᵀ)g_i and r more HVPs,
-   ‖H_{b,b'}(I − QQᵀ)‖₂ ≤ α·√(2/π)·max_i ‖H_{b,b'}u_i‖ with probability
-   ≥ 1 − α^(−r), for all b at once from the same r HVPs (we take α = 2, trading a
-   few more check vectors for a 5× tighter bound than HMT's α = 10). Then
-   ‖H_{b,b'}‖₂ ≤ ‖H_{b,b'}Q‖₂ + that bound. r is chosen so that the union bound over
-   every estimated pair fails with probability ≤ 1 − ``confidence``. A rounding
-   slack of 1000·eps(dtype) relative is added to every upper bound.
+* Small blocks (d_b' ≤ ``exact_threshold``) are probed with identity columns:
+  d_b' HVPs give the whole block column H[:, b'], hence every ‖H_{b,b'}‖₂ exactly.
+* Each remaining pair of large blocks gets its own random-start Lanczos run: on the
+  symmetric H_{b,b} (one HVP per step: embed q on b, keep rows b), or on
+  H_{b,b'}ᵀH_{b,b'} over the smaller of the two blocks (two HVPs per step), which is
+  Golub–Kahan for the singular value. Its interval is the random-start Krylov bound of
+  :mod:`hessnorm.estimators._krylov` (deterministic lower end ρ_m, upper end at
+  confidence 1 − δ/P), so with a union bound over the P random pairs all upper ends
+  hold together with probability ≥ 1 − δ. The bound does not depend on the block
+  size beyond log √d_b, so the interval stays within ``pair_tol`` of the value at
+  any block size.
+* ``pairs=m`` (an int; ``"diagonal"`` = 0) for many blocks: every diagonal pair and
+  the m heaviest off-diagonal pairs are measured as above; every other pair is
+  bracketed by [‖(H[:, b'] y)_b‖, min(c_b, c_b')], where c_b' is the random-start
+  upper bound on the block-column norm ‖H[:, b']‖₂ ≥ ‖H_{b,b'}‖₂ (Lanczos on
+  H[:, b']ᵀH[:, b'], two HVPs per step, also union-bounded) and y its top Ritz
+  vector (one more HVP). Cost O(B) Lanczos runs instead of O(B²).
 
-Blocks with d_b' ≤ p(1 + 2q) + r are probed with the identity instead (d_b' HVPs,
-cheaper than the sketch): their block columns, hence every ‖H_{b,b'}‖₂ with b' such
-a block, are exact. Since ‖H_{b,b'}‖ = ‖H_{b',b}‖, each pair is estimated twice
-and the larger lower / smaller upper bound is kept.
+Rounding: each HVP is assumed to carry relative error η = eps·max(10, √d)
+(:func:`~hessnorm.estimators._krylov.rounding_slack`); pair bounds are widened by it.
 
-Cost: Σ_{b'} min(d_b', p(1 + 2q) + r) HVPs — at most n_blocks × (p(1 + 2q) + r) and
-never more than d (+ the same small overhead). For ``Partition.by_row`` on a large
-model (thousands of rows) this is thousands × ~40 HVPs: use ``max_blocks`` to
-refuse such runs up front, and watch the progress bar.
+Cost: Σ_{small b'} d_b' + Σ_{large pairs} (1 or 2) × (Lanczos steps ≤ ``max_pair_iter``)
+HVPs; ``dry_run=True`` returns that count before doing anything, ``budget=`` refuses
+runs that could exceed it, and the progress bar counts HVPs against it.
 """
 
 from __future__ import annotations
@@ -47,12 +46,18 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._krylov import (
+    NormBound,
+    norm_lower,
+    rounding_slack,
+    start_radius,
+    tridiag_eig,
+)
+from hessnorm.estimators.lanczos import _ritz, lanczos, spectral_norm
 from hessnorm.operator import as_operator
 from hessnorm.partition import Partition
 
 __all__ = ["blockwise_smoothness"]
-
-_HMT_ALPHA = 2.0
 
 
 def _segment_gram(Y: Tensor, labels: Tensor, n_blocks: int) -> Tensor:
@@ -72,13 +77,6 @@ def _block_col_norms(Y: Tensor, labels: Tensor, n_blocks: int) -> Tensor:
     return torch.linalg.eigvalsh(G)[:, -1].clamp(min=0).sqrt()
 
 
-def _segment_sq_norms(E: Tensor, labels: Tensor, n_blocks: int) -> Tensor:
-    """‖E_b[:, i]‖₂ for E (d, r): (B, r) float64."""
-    out = torch.zeros(n_blocks, E.shape[1], dtype=torch.float64, device=E.device)
-    out.index_add_(0, labels, E.double() ** 2)
-    return out.sqrt()
-
-
 def _embed(cols: Tensor, idx: Tensor, d: int, dtype, device) -> Tensor:
     """Vectors (k, d) equal to cols (d_b, k)ᵀ on the coordinates idx and 0 elsewhere."""
     V = torch.zeros(cols.shape[1], d, dtype=dtype, device=device)
@@ -86,89 +84,190 @@ def _embed(cols: Tensor, idx: Tensor, d: int, dtype, device) -> Tensor:
     return V
 
 
+class _BlockOp:
+    """H_{b,b} (``rows is None``: symmetric block) or H_{rows,cols}ᵀH_{rows,cols} on the
+    coordinates ``cols`` (``rows="all"``: the block column), counting full HVPs."""
+
+    def __init__(self, op, cols: Tensor, rows, bar):
+        self.op, self.cols, self.rows, self.bar = op, cols, rows, bar
+        self.d, self.dtype, self.device = len(cols), op.dtype, op.device
+        self.n_hvp = 0
+
+    def _full(self, v: Tensor) -> Tensor:
+        self.n_hvp += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.op.hvp(v)
+
+    def hvp(self, q: Tensor) -> Tensor:
+        v = torch.zeros(self.op.d, dtype=self.dtype, device=self.device)
+        v[self.cols] = q
+        y = self._full(v)
+        if self.rows is None:
+            return y[self.cols]
+        if not isinstance(self.rows, str):
+            u = torch.zeros_like(y)
+            u[self.rows] = y[self.rows]
+            y = u
+        return self._full(y)[self.cols]
+
+
+def _stopper(n, delta, tol):
+    """Stop rule of :func:`spectral_norm` for the normal operator AᵀA (tol on σ)."""
+    t = start_radius(n, delta)
+    target = (1 + tol) ** 2
+
+    def stop(alpha, beta, breakdown):
+        low = norm_lower(alpha, beta)
+        if low == 0.0:
+            return breakdown
+        theta, S = tridiag_eig(alpha, beta)
+        return NormBound(theta, S, t, breakdown).exceeds(low * target)
+
+    return stop
+
+
+def _pair_bound_from_state(st, n, delta, eta):
+    """(low, high) of σ_max(A) from a Lanczos state of AᵀA, with confidence 1 − delta."""
+    a, b = st.alpha.numpy(), st.beta.numpy()
+    rho = norm_lower(a, b)
+    if rho == 0.0:
+        return 0.0, 0.0
+    theta, S = tridiag_eig(a, b)
+    high = NormBound(theta, S, start_radius(n, delta), st.breakdown).high()
+    e2 = min(2 * eta + eta * eta, 0.49)
+    return math.sqrt(rho / (1 + e2)), math.sqrt(high / (1 - e2))
+
+
+def _pair_bound(bop, *, symmetric, tol, max_iter, seed, delta, eta):
+    """(low, high) for ‖H_{b,b}‖₂ or the singular value √‖AᵀA‖₂, with confidence 1 − delta."""
+    if symmetric:
+        e = spectral_norm(
+            bop,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            confidence=1 - delta,
+            hvp_rel_error=eta,
+            progress=False,
+        )
+        return e.low, e.high, e.details["breakdown"]
+    t2 = (1 + tol) ** 2 - 1
+    e = spectral_norm(
+        bop,
+        tol=t2,
+        max_iter=max_iter,
+        seed=seed,
+        confidence=1 - delta,
+        hvp_rel_error=min(2 * eta + eta * eta, 0.49),
+        progress=False,
+    )
+    return math.sqrt(e.low), math.sqrt(e.high), e.details["breakdown"]
+
+
 def blockwise_smoothness(
     op,
     partition: Partition,
     *,
     seed: int = 0,
-    rank: int = 20,
-    power_steps: int = 2,
     confidence: float = 0.95,
     n_cauchy: int = 50,
     tol: float = 1e-4,
+    pair_tol: float = 0.01,
+    max_pair_iter: int = 150,
+    exact_threshold: int = 64,
+    pairs: str | int = "all",
     method: str = "auto",
     max_blocks: int | None = None,
+    budget: int | None = None,
+    dry_run: bool = False,
     progress: bool = True,
-) -> Estimate:
+):
     """S(H, Φ) = Σ_{b,b'} √(d_b d_b') ‖H_{b,b'}‖₂ with an honest interval (module docstring).
 
     Args:
         op: a Hessian-like operator or a dense symmetric tensor.
         partition: the :class:`~hessnorm.partition.Partition` Φ (must cover op.d).
-        seed: seeds every random probe (CPU generator); same seed, same number.
-        rank: sketch size p per block column.
-        power_steps: q, power iterations per block column (2p HVPs each).
-        confidence: for the randomized path, the probability that every pair's upper
-            bound holds simultaneously (the lower bound is deterministic); for the
-            coordinates partition, the Cauchy bootstrap's coverage.
-        n_cauchy: probes when Φ is the coordinate partition (then S = ‖H‖₁,₁).
+        seed: seeds every random start vector (CPU generator); same seed, same number.
+        confidence: probability that every random upper end holds simultaneously (the
+            lower ends are deterministic); for the Cauchy path, the bootstrap's coverage.
+        n_cauchy: probes when Φ is the coordinate partition and d > n_cauchy (then
+            S = ‖H‖₁,₁ by :func:`~hessnorm.estimators.cauchy.l11_norm`).
         tol: Lanczos tolerance when Φ is a single block (then S = d‖H‖₂).
-        method: ``"auto"`` (dispatch the two special cases) or ``"randomized"``
-            (always the block range finder).
+        pair_tol: relative width at which each pair's Lanczos run stops.
+        max_pair_iter: cap on Lanczos steps per pair (the interval is then wider).
+        exact_threshold: block columns with at most this many coordinates are probed
+            exactly with identity columns.
+        pairs: ``"all"`` (every pair of large blocks measured), or an int m /
+            ``"diagonal"`` (m = 0): diagonal pairs plus the m heaviest off-diagonal
+            pairs measured, the rest bracketed by block-column bounds.
+        method: ``"auto"`` (dispatch the special cases when cheaper than exact) or
+            ``"lanczos"`` (always the per-pair path; ``"randomized"`` is an alias).
         max_blocks: refuse (TooLargeError) partitions with more blocks than this.
-        progress: show a tqdm bar over block columns.
+        budget: refuse (TooLargeError) runs whose HVP count could exceed this.
+        dry_run: return the cost plan (dict: ``n_hvp_max``, ``exact_columns``,
+            ``random_pairs``, ``bracketed_pairs``) without any HVP.
+        progress: show a tqdm bar over HVPs (total = the planned maximum).
 
     Returns:
-        Estimate ``blockwise_smoothness``: value = the lower bound Σ √(d_b d_b')·
-        (estimated ‖H_{b,b'}‖₂), high from the HMT bound. Details: ``diagonal_part``
+        Estimate ``blockwise_smoothness``: value = Σ √(d_b d_b')·(lower bound of
+        ‖H_{b,b'}‖₂), [low, high] from the pair bounds. Details: ``diagonal_part``
         (Σ_b d_b ‖H_{b,b}‖₂, with ``diagonal_part_high``), ``n_blocks``, ``method``,
-        ``exact_blocks`` (block columns computed exactly), ``rank``, ``power_steps``,
-        ``check_vectors``, ``block_norms`` (B×B nested list when B ≤ 256).
+        ``exact_blocks``, ``random_pairs``, ``bracketed_pairs``, ``n_hvp_max``,
+        ``block_norms`` (B×B nested list when B ≤ 256). Or the plan dict (dry_run).
 
     Example:
         >>> H = torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, -4.0]], dtype=torch.float64)
         >>> est = blockwise_smoothness(H, Partition.from_labels([0, 0, 1]), progress=False)
-        >>> round(est.value, 10)  # 2·3 + 1·4 (off-diagonal blocks are 0)
-        10.0
+        >>> round(est.value, 10), est.n_hvp  # 2·3 + 1·4 (off-diagonal blocks are 0)
+        (10.0, 3)
     """
     op = as_operator(op)
     if not isinstance(partition, Partition):
         raise ConfigError(f"partition must be a hessnorm Partition, got {type(partition).__name__}")
     partition.check_dim(op.d)
-    if method not in ("auto", "randomized"):
-        raise ConfigError(f"method must be 'auto' or 'randomized', got {method!r}")
-    if rank < 1 or power_steps < 0:
-        raise ConfigError(f"rank must be >= 1 and power_steps >= 0, got {rank} and {power_steps}")
+    if method == "randomized":
+        method = "lanczos"
+    if method not in ("auto", "lanczos"):
+        raise ConfigError(f"method must be 'auto' or 'lanczos', got {method!r}")
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
+    if pairs == "diagonal":
+        pairs = 0
+    if not (pairs == "all" or (isinstance(pairs, int) and pairs >= 0)):
+        raise ConfigError(f"pairs must be 'all', 'diagonal' or an int >= 0, got {pairs!r}")
+    if not pair_tol > 0 or max_pair_iter < 1 or exact_threshold < 0:
+        raise ConfigError(
+            f"need pair_tol > 0, max_pair_iter >= 1, exact_threshold >= 0; got {pair_tol}, "
+            f"{max_pair_iter}, {exact_threshold}"
+        )
     B, d = partition.n_blocks, op.d
     if max_blocks is not None and B > max_blocks:
-        per = rank * (1 + 2 * power_steps) + 5
         raise TooLargeError(
-            f"the partition has {B:,} blocks > max_blocks = {max_blocks:,}; the estimate would cost up to "
-            f"~{min(B * per, d):,} HVPs. Raise max_blocks, or use a coarser partition (by_tensor)"
+            f"the partition has {B:,} blocks > max_blocks = {max_blocks:,}. Raise max_blocks, "
+            "use a coarser partition (by_tensor), or pairs='diagonal'"
         )
     t0 = time.perf_counter()
-    if method == "auto" and B == d:
+    if method == "auto" and B == d and d > n_cauchy and not dry_run:
         from hessnorm.estimators.cauchy import l11_norm
 
+        _check_budget(budget, n_cauchy, "the Cauchy estimator (n_cauchy probes)")
         e = l11_norm(op, n=n_cauchy, seed=seed, confidence=confidence, progress=progress)
         return _rename(
             e,
             t0,
             {"method": "cauchy (coordinates: S = ‖H‖₁,₁)", "n_blocks": B, "diagonal_part": None},
         )
-    if method == "auto" and B == 1:
-        from hessnorm.estimators.lanczos import spectral_norm
-
+    if method == "auto" and B == 1 and d > exact_threshold and not dry_run:
+        _check_budget(budget, min(300, d), "Lanczos on the single block")
         e = spectral_norm(op, tol=tol, seed=seed, progress=progress)
         details = {
             "method": "lanczos (single block: S = d‖H‖₂)",
             "n_blocks": 1,
             "spectral_norm": e.value,
+            "diagonal_part": d * e.value,
+            "diagonal_part_high": d * e.high,
         }
-        details["diagonal_part"] = d * e.value
-        details["diagonal_part_high"] = d * e.high
         return Estimate(
             "blockwise_smoothness",
             d * e.value,
@@ -180,7 +279,28 @@ def blockwise_smoothness(
             d,
             details,
         )
-    return _randomized(op, partition, seed, rank, power_steps, confidence, progress, t0)
+    return _per_pair(
+        op,
+        partition,
+        seed,
+        confidence,
+        pair_tol,
+        max_pair_iter,
+        exact_threshold,
+        pairs,
+        budget,
+        dry_run,
+        progress,
+        t0,
+    )
+
+
+def _check_budget(budget, n, what):
+    if budget is not None and n > budget:
+        raise TooLargeError(
+            f"{what} may cost up to {n:,} HVPs > budget = {budget:,}. Raise budget, lower "
+            "max_pair_iter / raise pair_tol, use pairs='diagonal' or a coarser partition"
+        )
 
 
 def _rename(e: Estimate, t0: float, extra: dict) -> Estimate:
@@ -199,29 +319,80 @@ def _rename(e: Estimate, t0: float, extra: dict) -> Estimate:
     )
 
 
-def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) -> Estimate:
+def _per_pair(
+    op,
+    partition,
+    seed,
+    confidence,
+    pair_tol,
+    max_iter,
+    threshold,
+    pairs,
+    budget,
+    dry_run,
+    progress,
+    t0,
+):
     from tqdm.auto import tqdm
 
     B, d = partition.n_blocks, op.d
-    labels = partition.labels.to(op.device)
     blocks = partition.blocks()
     sizes = partition.sizes.tolist()
-    sketch_cost = p * (1 + 2 * q)
-    # Choose r from the number of pairs whose upper bound is random (union bound).
-    n_large = sum(1 for s in sizes if s > sketch_cost)
-    pairs = max(1, n_large * B)
-    r = max(1, math.ceil(math.log(pairs / (1.0 - confidence)) / math.log(_HMT_ALPHA)))
-    threshold = sketch_cost + r
+    steps = lambda n: min(max_iter, n)  # noqa: E731
     exact_cols = [s <= threshold for s in sizes]
-    g = torch.Generator().manual_seed(int(seed))
-    low = torch.zeros(B, B, dtype=torch.float64)  # low[b, b'] from block column b'
-    res = torch.zeros(B, B, dtype=torch.float64)
+    if pairs == "all":
+        # Probe a block column exactly when its d_b' HVPs cost less than the planned
+        # maximum of the random pair runs it would settle (smallest blocks first).
+        for j in sorted(range(B), key=lambda i: sizes[i]):
+            if exact_cols[j]:
+                continue
+            others = [i for i in range(B) if not exact_cols[i] and i != j]
+            saved = steps(sizes[j]) + sum(2 * steps(min(sizes[i], sizes[j])) for i in others)
+            if sizes[j] <= saved:
+                exact_cols[j] = True
+    large = [j for j in range(B) if not exact_cols[j]]
+    diag_pairs = [(j, j) for j in large]
+    off_pairs = [(a, b) for i, a in enumerate(large) for b in large[i + 1 :]]
+    bracket = pairs != "all" and len(off_pairs) > pairs
+    n_exact = sum(s for s, e in zip(sizes, exact_cols) if e)
+    off_cost = lambda a, b: 2 * steps(min(sizes[a], sizes[b]))  # noqa: E731
+    plan_random = diag_pairs + ([] if bracket else off_pairs)
+    col_cost = sum(2 * steps(sizes[j]) + 1 for j in large) if bracket else 0
+    m_off = int(pairs) if bracket else 0
+    # the measured off-diagonal pairs are chosen later; plan with the most expensive ones
+    worst_off = sorted((off_cost(a, b) for a, b in off_pairs), reverse=True)[:m_off]
+    n_max = (
+        n_exact
+        + sum(steps(sizes[j]) for j, _ in diag_pairs)
+        + (sum(worst_off) if bracket else sum(off_cost(a, b) for a, b in off_pairs))
+        + col_cost
+    )
+    n_random = len(plan_random) + (len(large) + m_off if bracket else 0)
+    plan = {
+        "n_hvp_max": int(n_max),
+        "exact_columns": int(sum(exact_cols)),
+        "random_pairs": len(diag_pairs) + (m_off if bracket else len(off_pairs)),
+        "bracketed_pairs": len(off_pairs) - m_off if bracket else 0,
+        "column_bounds": len(large) if bracket else 0,
+    }
+    if dry_run:
+        return plan
+    _check_budget(budget, n_max, "blockwise_smoothness")
+    delta = (1.0 - confidence) / max(1, n_random)
+    eta = rounding_slack(d, torch.finfo(op.dtype).eps)
+    labels = partition.labels.to(op.device)
+    low = torch.zeros(B, B, dtype=torch.float64)
+    high = torch.full((B, B), math.inf, dtype=torch.float64)
     n_hvp = 0
-    hmt = _HMT_ALPHA * math.sqrt(2.0 / math.pi)
+    seeds = torch.randint(0, 2**62, (B * B + B + 1,), generator=torch.Generator().manual_seed(seed))
     with tqdm(
-        total=B, desc="blockwise_smoothness: block columns", disable=not progress, leave=False
+        total=n_max,
+        desc="blockwise_smoothness (HVPs, at most)",
+        disable=not progress,
+        leave=False,
+        unit="HVP",
     ) as bar:
-        # Exact (small) block columns are probed with identity columns, many blocks per HVP call.
+        # 1. exact block columns: identity columns, many blocks per batched HVP call
         group: list[int] = []
         exact_ids = [j for j in range(B) if exact_cols[j]]
         for pos, j in enumerate(exact_ids):
@@ -233,63 +404,89 @@ def _randomized(op, partition: Partition, seed, p, q, confidence, progress, t0) 
                 _embed(torch.eye(len(idx), dtype=torch.float64), idx, d, op.dtype, op.device)
             )
             n_hvp += len(idx)
+            bar.update(len(idx))
             start = 0
             for i in group:
-                low[:, i] = _block_col_norms(Y[start : start + sizes[i]].T, labels, B).cpu()
+                col = _block_col_norms(Y[start : start + sizes[i]].T, labels, B).cpu()
+                low[:, i] = torch.maximum(low[:, i], col)
+                low[i, :] = torch.maximum(low[i, :], col)
+                high[:, i] = low[:, i]
+                high[i, :] = low[i, :]
                 start += sizes[i]
-            bar.update(len(group))
             group = []
-        for j, idx in enumerate(blocks):
-            if exact_cols[j]:
-                continue
-            s = sizes[j]
-            idx_dev = idx.to(op.device)
-            Q = torch.linalg.qr(torch.randn(s, p, generator=g, dtype=torch.float64))[0]
-            Y = op.hvp(_embed(Q, idx_dev, d, op.dtype, op.device))  # rows: H[:, b'] q_i
-            n_hvp += p
-            for _ in range(q):
-                W = op.hvp(Y)[:, idx_dev].double().cpu()  # rows: (H[:, b']ᵀ H[:, b'] Q)ᵀ
-                n_hvp += p
-                Q = torch.linalg.qr(W.T)[0]
-                Y = op.hvp(_embed(Q, idx_dev, d, op.dtype, op.device))
-                n_hvp += p
-            low[:, j] = _block_col_norms(Y.T, labels, B).cpu()
-            G = torch.randn(s, r, generator=g, dtype=torch.float64)
-            U = G - Q @ (Q.T @ G)
-            E = op.hvp(_embed(U, idx_dev, d, op.dtype, op.device))
-            n_hvp += r
-            res[:, j] = hmt * _segment_sq_norms(E.T, labels, B).max(dim=1).values.cpu()
-            bar.update(1)
-    res += 1000 * torch.finfo(op.dtype).eps * low
-    high = low + res
-    # ‖H_{b,b'}‖ = ‖H_{b',b}‖: both estimates bound the same number.
-    low_sym = torch.maximum(low, low.T)
-    high_sym = torch.minimum(high, high.T)
-    root = partition.sizes.double().sqrt()
-    w = root[:, None] * root[None, :]
-    S_value = float((w * low_sym).sum())
-    S_low = S_value * (1 - 1000 * torch.finfo(op.dtype).eps)  # rounding slack
-    S_high = float((w * high_sym).sum())
+        slack = 1000 * torch.finfo(op.dtype).eps  # exact columns: rounding of the HVPs
+        high = torch.where(torch.isfinite(high), high * (1 + slack + eta), high)
+        low = low / (1 + eta)
+        root = partition.sizes.double().sqrt()
+        w = root[:, None] * root[None, :]
+        # 2. block-column bounds for bracketed pairs
+        measure_off = off_pairs
+        if bracket:
+            for j in large:
+                cols = blocks[j].to(op.device)
+                bop = _BlockOp(op, cols, "all", bar)
+                st = lanczos(
+                    bop,
+                    max_iter=steps(sizes[j]),
+                    seed=int(seeds[B * B + j]),
+                    keep_basis=True,
+                    stop_tridiag=_stopper(bop.d, delta, pair_tol),
+                )
+                _, c_high = _pair_bound_from_state(st, bop.d, delta, eta)
+                theta, S, _ = _ritz(st.alpha, st.beta)
+                y = (S[:, -1].to(st.basis.device) @ st.basis.double()).to(op.dtype)
+                Y = bop._full(_embed(y[:, None], cols, d, op.dtype, op.device)[0])
+                n_hvp += bop.n_hvp
+                col_low = _block_col_norms(Y[:, None], labels, B).cpu() / (1 + eta)
+                for a, b in off_pairs:
+                    if j in (a, b):
+                        other = b if j == a else a
+                        low[a, b] = low[b, a] = max(float(low[a, b]), float(col_low[other]))
+                        high[a, b] = high[b, a] = min(float(high[a, b]), c_high)
+            # measure the m pairs with the largest weighted upper bracket
+            measure_off = sorted(off_pairs, key=lambda p: -float(w[p] * high[p]))[:m_off]
+        # 3. per-pair random-start Lanczos / Golub–Kahan bounds
+        for a, b in diag_pairs + list(measure_off):
+            if a == b:
+                bop = _BlockOp(op, blocks[a].to(op.device), None, bar)
+            elif sizes[a] <= sizes[b]:  # Aᵀ A over the smaller block a, A = H[b, a]
+                bop = _BlockOp(op, blocks[a].to(op.device), blocks[b].to(op.device), bar)
+            else:
+                bop = _BlockOp(op, blocks[b].to(op.device), blocks[a].to(op.device), bar)
+            lo_ab, hi_ab, _ = _pair_bound(
+                bop,
+                symmetric=a == b,
+                tol=pair_tol,
+                max_iter=steps(bop.d),
+                seed=int(seeds[a * B + b]),
+                delta=delta,
+                eta=eta,
+            )
+            n_hvp += bop.n_hvp
+            low[a, b] = low[b, a] = max(float(low[a, b]), lo_ab)
+            high[a, b] = high[b, a] = min(float(high[a, b]), hi_ab)
+        bar.total = n_hvp
+        bar.refresh()
+    S_value = float((w * low).sum())
+    S_high = float((w * high).sum())
     sz = partition.sizes.double()
-    all_exact = all(exact_cols)
+    all_exact = not large
     details = {
-        "method": "exact block columns"
-        if all_exact
-        else "randomized block range finder + HMT bound",
+        "method": "exact block columns" if all_exact else "per-pair random-start Lanczos bounds",
         "n_blocks": B,
-        "diagonal_part": float((sz * low_sym.diagonal()).sum()),
-        "diagonal_part_high": float((sz * high_sym.diagonal()).sum()),
+        "diagonal_part": float((sz * low.diagonal()).sum()),
+        "diagonal_part_high": float((sz * high.diagonal()).sum()),
         "exact_blocks": int(sum(exact_cols)),
-        "rank": p,
-        "power_steps": q,
-        "check_vectors": 0 if all_exact else r,
+        "pair_tol": pair_tol,
+        "rounding": eta,
+        **plan,
     }
     if B <= 256:
-        details["block_norms"] = low_sym.tolist()
+        details["block_norms"] = low.tolist()
     return Estimate(
         name="blockwise_smoothness",
         value=S_value,
-        low=S_low,
+        low=S_value,
         high=S_high,
         confidence=1.0 if all_exact else confidence,
         n_hvp=n_hvp,
