@@ -127,6 +127,72 @@ def _math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+# Share of the currently available memory one chunk of vmapped HVPs may take.
+_CPU_BUDGET_FRACTION = 0.5
+_CUDA_BUDGET_FRACTION = 0.5
+_CPU_BUDGET_FALLBACK = 2 << 30  # when /proc/meminfo cannot be read
+# Forward-over-reverse keeps, per vector, tangents of the saved activations, of the
+# backward pass's intermediates (for an LM: logits, log-softmax, its gradient and their
+# tangents, about 5 logits-sized buffers) and a few d-sized buffers. Measured on GPT
+# language models (vocab 256-50304, d 1e5-1e8) the marginal memory per vector was
+# 4.3-6.5x the activations plus < 1 d-vector; 7x and 4 d-vectors keep the estimate
+# above every measurement (tests/test_scale.py checks it).
+_ACT_PER_VECTOR = 7
+_D_PER_VECTOR = 4
+# The gradient graph kept by "graph" mode: the forward's saved tensors, the backward's
+# (about as many again) and the gradient itself, per cached batch.
+_ACT_PER_GRAPH = 3
+
+
+def _available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors now: ``MemAvailable`` (CPU) or ``mem_get_info`` (CUDA)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
+
+
+def _default_budget(device: torch.device) -> int:
+    """Default memory budget of one chunk: half the memory available on ``device`` now."""
+    avail = _available_memory(device)
+    if avail < 0:
+        return _CPU_BUDGET_FALLBACK
+    frac = _CUDA_BUDGET_FRACTION if device.type == "cuda" else _CPU_BUDGET_FRACTION
+    return int(avail * frac)
+
+
+def _analysis_dtype(stored: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+    """float32 for half-precision models unless a dtype is requested (then warn if half).
+
+    HVPs are differences of gradients; in bf16 (8 bits of mantissa) or fp16 their
+    relative rounding error is ~1e-2 or worse, so half-precision weights are upcast.
+    """
+    if requested is None:
+        return torch.float32 if stored in _HALF else stored
+    if requested in _HALF:
+        warnings.warn(
+            f"analysing the Hessian in {requested}: HVPs then carry relative rounding "
+            "errors of ~1e-2 or worse (8-11 bits of mantissa), enough to bias norm "
+            "estimates; leave dtype=None (float32 for half-precision models) unless "
+            "memory forces it",
+            UserWarning,
+            stacklevel=3,
+        )
+    return requested
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def _batch_size(inputs: Any, targets: Any) -> int:
     for obj in (targets, inputs):
         if isinstance(obj, Tensor) and obj.dim() > 0:
@@ -355,16 +421,23 @@ class HessianOperator(_Base):
                 the Hessian of the mean over all examples however the set is split.
             params: which trainable parameters span the flat vector: None (all), a
                 name, a list of names, or a predicate on names.
-            dtype: compute dtype (default: the model's). Float inputs follow it.
+            dtype: compute dtype. Default: the model's, except that a model stored in
+                bfloat16 or float16 is analysed in float32 (``repr(op)`` says so).
+                A half dtype may be asked for explicitly, with a warning: its HVPs
+                carry ~1e-2 relative rounding error. Float inputs follow it.
             device: compute device (default: the model's).
             chunk_size: vectors per vmapped HVP call (default: from ``memory_budget``).
             batchnorm: ``"batch"`` normalises with the statistics of each batch (as
                 when training with ``track_running_stats=False``, paper 000's
                 setting); ``"frozen"`` uses the running statistics.
             mode: HVP strategy, see the module docstring.
-            memory_budget: bytes a chunk of vmapped HVPs may use (default 2 GiB on
-                CPU, half the free memory on CUDA).
-            max_cached_batches: ``"graph"`` mode keeps at most this many batch graphs.
+            memory_budget: bytes a chunk of vmapped HVPs, or the cached graphs of
+                ``"graph"`` mode, may use (default: half of what is available when the
+                first HVP runs: ``MemAvailable`` of /proc/meminfo on the CPU,
+                ``torch.cuda.mem_get_info`` on CUDA).
+            max_cached_batches: ``"graph"`` mode keeps at most this many batch graphs,
+                and only while they fit in ``memory_budget``; otherwise single
+                vectors take the ``"fwd"`` path.
 
         Raises:
             EmptyDataError, SelectionError, StochasticModelError, ShapeError.
@@ -382,9 +455,10 @@ class HessianOperator(_Base):
         names = _select_params(model, params)
         ref = dict(model.named_parameters())[names[0]]
         device = torch.device(device) if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
-        if not dtype.is_floating_point:
+        if dtype is not None and not dtype.is_floating_point:
             raise ShapeError(f"dtype must be a floating dtype, got {dtype}")
+        stored_dtype = ref.dtype
+        dtype = _analysis_dtype(stored_dtype, dtype)
 
         net = copy.deepcopy(model).to(device=device, dtype=dtype)
         net.eval()
@@ -439,6 +513,8 @@ class HessianOperator(_Base):
             f"{type(model).__name__} on {int(total)} examples in {len(moved)} batches, "
             f"batchnorm={batchnorm}"
         )
+        if dtype != stored_dtype:
+            desc += f", model stored in {stored_dtype} analysed in {dtype}"
         return cls(
             batch_loss,
             moved,
@@ -624,7 +700,7 @@ class HessianOperator(_Base):
     def _mode_for(self, k: int) -> str:
         if self.mode != "auto":
             return self.mode
-        if k == 1 and len(self._batches) <= self.max_cached_batches:
+        if k == 1 and len(self._batches) <= self.max_cached_batches and self._graph_fits():
             return "graph"
         return "fwd" if self._forward_mode_works() else "rev"
 
@@ -635,32 +711,71 @@ class HessianOperator(_Base):
             self._auto_chunk = self._estimate_chunk()
         return max(1, min(k, self._auto_chunk))
 
-    def _estimate_chunk(self) -> int:
-        """Vectors per vmapped call so that one chunk stays inside the memory budget.
+    def _memory_profile(self) -> tuple[int, int]:
+        """(activation bytes of the largest batch, memory budget in bytes), measured once."""
+        prof = getattr(self, "_mem_profile", None)
+        if prof is None:
+            budget = self.memory_budget
+            if budget is None:
+                budget = _default_budget(self.device)
+            prof = (self._activation_bytes(), int(budget))
+            self._mem_profile = prof
+        return prof
 
-        Per vector, forward-over-reverse keeps tangents of every saved activation
-        (measured here with saved-tensor hooks on the largest batch) plus a few
-        d-sized buffers.
+    def _activation_bytes(self) -> int:
+        """Bytes of the tensors the forward pass saves for backward, on the largest batch.
+
+        Measured with saved-tensor hooks, counting each storage once and leaving out
+        the parameters (views of the point: their tangents are views of the probe
+        vector and cost nothing).
         """
-        budget = self.memory_budget
-        if budget is None:
-            if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                budget = free // 2
-            else:
-                budget = 2 << 30
-        saved = [0]
+        x = self.point.detach().requires_grad_(True)
+        own = x.untyped_storage().data_ptr()
+        seen: dict[int, int] = {}
 
         def pack(t):
-            saved[0] += t.numel() * t.element_size()
+            try:
+                st = t.untyped_storage()
+                ptr, size = st.data_ptr(), st.nbytes()
+            except (RuntimeError, NotImplementedError):  # sparse / storage-less tensors
+                ptr, size = id(t), t.numel() * t.element_size()
+            if ptr != own:
+                seen[ptr] = max(seen.get(ptr, 0), size)
             return t
 
         idx = max(range(len(self._batches)), key=lambda i: self._weights[i])
-        x = self.point.detach().requires_grad_(True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self._batch_loss(x, self._batches[idx])
-        per_vector = 3 * saved[0] + 6 * self.d * self.point.element_size()
-        return int(max(1, min(1024, budget // max(per_vector, 1))))
+        return sum(seen.values())
+
+    def _chunk_cost(self) -> tuple[int, int]:
+        """(fixed bytes, bytes per vector) of one vmapped forward-over-reverse call."""
+        act, _ = self._memory_profile()
+        dbytes = self.d * self.point.element_size()
+        fixed = 2 * act + 3 * dbytes  # the primal forward/backward and gradient, shared
+        return fixed, _ACT_PER_VECTOR * act + _D_PER_VECTOR * dbytes
+
+    def _estimate_chunk(self) -> int:
+        """Vectors per vmapped call so that one chunk stays inside the memory budget.
+
+        Per vector, forward-over-reverse keeps tangents of every saved activation and
+        of the backward's intermediates (measured once with saved-tensor hooks on the
+        largest batch; at LM vocabulary sizes the k x T x V logits tangents dominate)
+        plus a few d-sized buffers; the primal pass is paid once per chunk.
+        """
+        _, budget = self._memory_profile()
+        fixed, per_vector = self._chunk_cost()
+        return int(max(1, min(1024, (budget - fixed) // max(per_vector, 1))))
+
+    def _graph_bytes(self) -> int:
+        """Memory held by the cached gradient graphs of ``"graph"`` mode (an estimate)."""
+        act, _ = self._memory_profile()
+        dbytes = self.d * self.point.element_size()
+        n = min(len(self._batches), self.max_cached_batches)
+        return n * (_ACT_PER_GRAPH * act + 2 * dbytes)
+
+    def _graph_fits(self) -> bool:
+        return self._graph_bytes() <= self._memory_profile()[1]
 
     def _hvp_block(self, V: Tensor, mode: str) -> Tensor:
         if mode == "fwd" and self.mode == "auto" and self._fwd_ok is None:
@@ -710,20 +825,25 @@ class HessianOperator(_Base):
             out.add_(hv.detach(), alpha=w)
         return out
 
+    def _gradient_graph(self, b: Any) -> tuple[Tensor, Tensor]:
+        x = self.point.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self._batch_loss(x, b), x, create_graph=True)
+        return x, g
+
     def _hvp_graph(self, V: Tensor) -> Tensor:
+        # At most max_cached_batches graphs stay alive; further batches (only with an
+        # explicit mode="graph") get a graph built and dropped on every call.
+        keep = self.max_cached_batches
         if self._graphs is None:
-            graphs = []
-            for b in self._batches:
-                x = self.point.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    (g,) = torch.autograd.grad(self._batch_loss(x, b), x, create_graph=True)
-                graphs.append((x, g))
-            self._graphs = graphs
+            self._graphs = [self._gradient_graph(b) for b in self._batches[:keep]]
         out = torch.zeros_like(V)
-        for w, (x, g) in zip(self._weights, self._graphs):
+        for j, (w, b) in enumerate(zip(self._weights, self._batches)):
+            x, g = self._graphs[j] if j < len(self._graphs) else self._gradient_graph(b)
             for i in range(V.shape[0]):
                 (hv,) = torch.autograd.grad(g, x, V[i], retain_graph=True)
                 out[i].add_(hv, alpha=w)
+            del x, g
         return out
 
     def release(self) -> None:
@@ -755,9 +875,16 @@ class HessianOperator(_Base):
         )
 
     def __repr__(self) -> str:
+        strategy = self.strategy  # measures the memory profile if not done yet
+        budget = "auto" if self.memory_budget is None else _fmt_bytes(self.memory_budget)
+        prof = getattr(self, "_mem_profile", None)
+        if prof is not None:
+            budget = _fmt_bytes(prof[1]) + (" (auto)" if self.memory_budget is None else "")
+        chunk = self.chunk_size or self._auto_chunk or "auto"
         return (
             f"HessianOperator(d={self.d}, dtype={self.dtype}, device={self.device}, "
-            f"hvp: {self.strategy}, {self.description})"
+            f"hvp: {strategy}, chunk={chunk}, memory_budget={budget}, "
+            f"{self.description})"
         )
 
 
