@@ -12,12 +12,20 @@ from hessnorm.estimate import Estimate, to_frame
 from hessnorm.estimators import exact
 from hessnorm.estimators.blockwise import blockwise_smoothness
 from hessnorm.estimators.cauchy import l11_norm
+from hessnorm.estimators.density import (
+    SpectralDensity,
+    block_heterogeneity,
+    block_spectra,
+    spectral_density,
+)
+from hessnorm.estimators.diagonal import Diagonal, diagonal, diagonal_share
 from hessnorm.estimators.lanczos import spectral_norm, top_eigenpairs
 from hessnorm.estimators.local_smoothness import (
     hessian_local_smoothness,
     local_smoothness,
     local_smoothness_along_run,
 )
+from hessnorm.estimators.trace import trace
 from hessnorm.l0l1 import L0L1Fit, fit_l0l1, plot_l0l1
 from hessnorm.operator import DenseOperator, HessianOperator, RotatedOperator, as_operator
 from hessnorm.optim import AdaSGD, BlockwiseAdam, Rotated, SignGD
@@ -41,6 +49,15 @@ __all__ = [
     "l11_norm",
     "blockwise_smoothness",
     "exact",
+    # the whole spectrum: trace, density, diagonal, block spectra
+    "trace",
+    "spectral_density",
+    "SpectralDensity",
+    "diagonal",
+    "Diagonal",
+    "diagonal_share",
+    "block_spectra",
+    "block_heterogeneity",
     # partitions and rotations
     "Partition",
     "rotation",

@@ -44,7 +44,9 @@ def test_hutchpp_beats_hutchinson_on_outliers():
     truth = float(H.trace())
 
     def rmse(method):
-        errs = torch.tensor([trace(H, n=60, method=method, seed=s).value - truth for s in range(30)])
+        errs = torch.tensor(
+            [trace(H, n=60, method=method, seed=s).value - truth for s in range(30)]
+        )
         return float(errs.pow(2).mean().sqrt())
 
     pp, hutch = rmse("hutch++"), rmse("hutchinson")

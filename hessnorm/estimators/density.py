@@ -308,7 +308,8 @@ def _lockstep(op, units, steps: int, chunk_size: int | None):
             break
         X = torch.cat(rows) if len(rows) > 1 else rows[0]
         chunk = X.shape[0] if chunk_size is None else int(chunk_size)
-        W_all = torch.cat([op.hvp(X[i : i + chunk]) for i in range(0, X.shape[0], chunk)])
+        pieces = [op.hvp(X[i : i + chunk]) for i in range(0, X.shape[0], chunk)]
+        W_all = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         n_hvp += X.shape[0]
         if not torch.isfinite(W_all).all():
             raise NonFiniteError(
