@@ -324,7 +324,7 @@ def _lockstep(op, units, steps: int, chunk_size: int | None):
             if st["idx"] is not None:
                 W = W[:, st["idx"]]
             V = st["Q"][act, j]
-            a = (V.double() * W.double()).sum(1)
+            a = (V * W).sum(1, dtype=torch.float64)
             basis = st["Q"][act, : j + 1]
             for _ in range(2):  # "twice is enough" (Giraud et al. 2005)
                 W = W - torch.einsum("kj,kjd->kd", torch.einsum("kjd,kd->kj", basis, W), basis)
@@ -459,7 +459,8 @@ def spectral_density(
         n_probes: number of start vectors.
         steps: Lanczos steps per probe (capped at d).
         seed: seeds the start vectors (each probe its own CPU generator).
-        start: ``"rademacher"`` (default; exact 1/d weights in expectation) or ``"gaussian"``.
+        start: ``"rademacher"`` (default; gives every coordinate weight exactly 1/d)
+            or ``"gaussian"`` (both are unbiased: E[qqᵀ] = I/d).
         memory_budget: bytes of Lanczos bases held at once.
         chunk_size: vectors per ``op.hvp`` call (default: all probes of a step).
 

@@ -182,22 +182,24 @@ def trace(
         S = _rademacher(g, k, d, op.dtype, op.device)
         Y = _chunked_hvp(op, S, chunk)
         del S
-        Q = torch.linalg.qr(Y.double().T).Q.T.to(op.dtype)  # (k, d) orthonormal rows
+        work = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
+        Q = torch.linalg.qr(Y.T.to(work)).Q.T.to(op.dtype)  # (k, d) orthonormal rows
         del Y
         m = n - 2 * k
         G = _rademacher(g, m, d, op.dtype, op.device)
         G = G - (G @ Q.T) @ Q
         HB = _chunked_hvp(op, torch.cat([Q, G]), chunk)
-        exact_part = float((Q.double() * HB[:k].double()).sum())
+        exact_part = float((Q * HB[:k]).sum(dtype=torch.float64))
         # G ⊥ Q already, so gᵀ(I−QQᵀ)H(I−QQᵀ)g = (Gᵢ)ᵀ(HG)ᵢ with the projected G.
-        samples = (G.double() * HB[k:].double()).sum(dim=1)
+        samples = (G * HB[k:]).sum(dim=1, dtype=torch.float64)
         del Q, G, HB
     else:
         m = n
         samples = torch.empty(m, dtype=torch.float64)
         for s in range(0, m, chunk):
             Z = _rademacher(g, min(chunk, m - s), d, op.dtype, op.device)
-            samples[s : s + Z.shape[0]] = (Z.double() * _chunked_hvp(op, Z, None).double()).sum(1)
+            HZ = _chunked_hvp(op, Z, None)
+            samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
     samples = samples.cpu()
     mean = float(samples.mean())
     se = float(samples.std(unbiased=True)) / math.sqrt(m)
