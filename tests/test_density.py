@@ -45,6 +45,7 @@ def test_moments_and_lambda_max(problems, name):
     assert sd.lambda_min >= float(lam[0]) - 1e-9 and sd.lambda_max <= float(lam[-1]) + 1e-9
 
 
+@pytest.mark.slow  # ~20 s on an idle 2-core machine, minutes under load
 def test_wasserstein_shrinks_with_probes(problems):
     _, H = problems["mlp"]
     lam = torch.linalg.eigvalsh(H)
@@ -150,6 +151,7 @@ def _js_truth(blocks, sigma, grid):
     return float(_mean_pairwise(torch.stack(dens)))
 
 
+@pytest.mark.slow
 def test_block_heterogeneity_covers_exact_value():
     evs = [
         torch.linspace(0, 1, 30),
