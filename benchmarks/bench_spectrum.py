@@ -18,7 +18,7 @@ eigenvalues. Then, at the same HVP budget:
   as a measure on the grid), and |largest node − λ_max| (nodes only).
 
 Every method runs once untimed first. Nothing is asserted. Run:
-    python benchmarks/bench_spectrum.py [--threads 2] [--seeds 5]
+    python benchmarks/bench_spectrum.py [--threads 2] [--seeds 5] [--problems mlp,conv_bn]
 Peers are optional (``pip install -e .[bench]``); missing ones are reported.
 """
 
@@ -43,8 +43,8 @@ N_TRACE = 60
 PROBES, STEPS = 8, 40
 
 
-def problems():
-    for name in ("mlp", "conv_bn", "transformer"):
+def problems(names=("mlp", "conv_bn", "transformer")):
+    for name in names:
         model, loss_fn, batches = problem_parts(name)
         model = model.double().eval()  # BatchNorm on running statistics for every library
         x, y = batches[0]
@@ -227,6 +227,7 @@ def main():
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--problems", default="mlp,conv_bn,transformer", help="comma-separated subset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
@@ -234,7 +235,7 @@ def main():
     print(
         f"{'problem':<12}{'quantity':<9}{'library':<42}{'HVPs':>6}{'seconds':>9}{'error':>10}{'extra':>12}"
     )
-    for name, model, loss_fn, batch in problems():
+    for name, model, loss_fn, batch in problems(args.problems.split(",")):
         op = hn.HessianOperator.from_module(
             model, loss_fn, batch, dtype=torch.float64, batchnorm="frozen"
         )
