@@ -30,6 +30,15 @@ _EXPORTS = {
     "top_eigenpairs": "hessnorm.estimators.lanczos",
     "l11_norm": "hessnorm.estimators.cauchy",
     "blockwise_smoothness": "hessnorm.estimators.blockwise",
+    # the whole spectrum: trace, density, diagonal, block spectra
+    "trace": "hessnorm.estimators.trace",
+    "spectral_density": "hessnorm.estimators.density",
+    "SpectralDensity": "hessnorm.estimators.density",
+    "block_spectra": "hessnorm.estimators.density",
+    "block_heterogeneity": "hessnorm.estimators.density",
+    "diagonal": "hessnorm.estimators.diagonal",
+    "Diagonal": "hessnorm.estimators.diagonal",
+    "diagonal_share": "hessnorm.estimators.diagonal",
     # partitions and rotations
     "Partition": "hessnorm.partition",
     "Identity": "hessnorm.rotation",

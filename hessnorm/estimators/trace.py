@@ -1,0 +1,228 @@
+"""tr(H) by Hutchinson and Hutch++ (Meyer, Musco, Musco, Woodruff 2021), with a t-interval.
+
+Hutchinson (1989). For z with i.i.d. Rademacher entries E[zzᵀ] = I, so zᵀHz is an
+unbiased sample of tr(H); its variance is 2(‖H‖_F² − Σᵢ Hᵢᵢ²). The mean of m such
+samples estimates tr(H).
+
+Hutch++ (Meyer et al. 2021, Alg. 1). Split the n HVPs in three: k = n // 3 sketch
+probes S give Y = HS and an orthonormal basis Q of range(Y); then
+
+    tr(H) = tr(QᵀHQ) + tr((I − QQᵀ) H (I − QQᵀ)),
+
+the first term exact from k further HVPs (HQ), the second estimated by Hutchinson on
+the m = n − 2k remaining probes projected off Q. When H has a few outlier
+eigenvalues the sketch captures them and the residual trace has far smaller
+variance, which is what makes Hutch++ beat Hutchinson at equal HVPs.
+
+Interval (both methods). Conditional on the sketch (Hutch++) the estimate is
+``exact part + mean of m i.i.d. residual samples x_i``. We report
+mean ± t_{m−1, 1−α/2} · s / √m with s the sample standard deviation of the x_i:
+a Student-t interval, i.e. the assumption is that the mean of m i.i.d. samples is
+close enough to normal (CLT) for its studentised form to follow t_{m−1}. The
+samples are quadratic forms of Rademacher vectors, whose tails are light (they are
+bounded by d‖H‖₂), so the approximation is good already for m ≈ 10–20; tests check
+≥ 90% coverage of the nominal 95% interval over 40 seeds on three real Hessians.
+With n ≥ d the probes cost as much as the exact trace, so ``trace`` then returns
+tr(H) from the d unit vectors instead (interval of width zero, confidence 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from hessnorm.errors import ConfigError, NonFiniteError
+from hessnorm.estimate import Estimate
+from hessnorm.operator import as_operator
+
+__all__ = ["trace"]
+
+_METHODS = ("hutch++", "hutchinson")
+
+
+def _rademacher(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor:
+    """(k, d) Rademacher ±1 probes from a CPU generator, one row after another.
+
+    Drawn row by row as int8 so that neither the values nor the host memory depend
+    on k (a 124M-entry row is 124 MB as int8).
+    """
+    out = torch.empty(k, d, dtype=dtype, device=device)
+    for i in range(k):
+        bits = torch.randint(0, 2, (d,), generator=g, dtype=torch.int8)
+        out[i] = (2 * bits - 1).to(device=device, dtype=dtype)
+    return out
+
+
+def _gaussian(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor:
+    """(k, d) standard normal probes from a CPU generator (float64 draws, cast)."""
+    out = torch.empty(k, d, dtype=dtype, device=device)
+    for i in range(k):
+        out[i] = torch.randn(d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    return out
+
+
+def _chunked_hvp(op, V: Tensor, chunk_size: int | None) -> Tensor:
+    """H V for (k, d) V, ``chunk_size`` rows per ``op.hvp`` call, checked finite."""
+    k = V.shape[0]
+    chunk = k if chunk_size is None else max(1, int(chunk_size))
+    out = torch.cat([op.hvp(V[i : i + chunk]) for i in range(0, k, chunk)])
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(
+            "a Hessian-vector product is not finite; try float64 or check the model"
+        )
+    return out
+
+
+def _default_chunk(d: int) -> int:
+    return max(1, (1 << 27) // max(d, 1))
+
+
+def exact_trace(op, *, chunk_size: int | None = None) -> tuple[float, Tensor]:
+    """tr(H) and diag(H) from the d unit vectors, ``chunk_size`` per HVP call (d HVPs)."""
+    op = as_operator(op)
+    d = op.d
+    chunk = _default_chunk(d) if chunk_size is None else int(chunk_size)
+    diag = torch.empty(d, dtype=torch.float64)
+    for s in range(0, d, chunk):
+        e = min(d, s + chunk)
+        E = torch.zeros(e - s, d, dtype=op.dtype, device=op.device)
+        E[torch.arange(e - s), torch.arange(s, e)] = 1
+        HE = _chunked_hvp(op, E, None)
+        diag[s:e] = HE[torch.arange(e - s), torch.arange(s, e)].double().cpu()
+    return float(diag.sum()), diag
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """Student-t quantile (scipy), dof ≥ 1."""
+    from scipy import stats
+
+    return float(stats.t.ppf(p, dof))
+
+
+def trace(
+    op,
+    *,
+    n: int = 60,
+    method: str = "hutch++",
+    seed: int = 0,
+    confidence: float = 0.95,
+    chunk_size: int | None = None,
+) -> Estimate:
+    """tr(H) = Σᵢ λᵢ by Hutch++ (default) or Hutchinson, with a Student-t interval.
+
+    Hutch++ (Meyer et al. 2021, "Hutch++: Optimal Stochastic Trace Estimation",
+    Alg. 1): k = n//3 Rademacher sketch probes, Q = orth(HS), estimate
+    tr(QᵀHQ) + (1/m) Σᵢ gᵢᵀ(I−QQᵀ)H(I−QQᵀ)gᵢ over m = n − 2k Rademacher gᵢ.
+    Hutchinson: (1/n) Σᵢ zᵢᵀHzᵢ. Interval: module docstring (t-interval over the
+    m residual samples, exact sketch part). Error: Hutchinson's standard error is
+    √(2(‖H‖_F² − Σ Hᵢᵢ²)/n); Hutch++'s is that of the residual (I−QQᵀ)H(I−QQᵀ),
+    O(1/n) relative for matrices with decaying spectra instead of O(1/√n).
+
+    Cost: exactly n HVPs, in three batched calls for Hutch++ (HS, then HQ together
+    with the residual probes) and one for Hutchinson, ``chunk_size`` rows at a time.
+    Memory: Hutch++ keeps the k × d basis and a (k + m) × d block. If n ≥ d the
+    exact trace (d HVPs) is returned instead.
+
+    Args:
+        op: a Hessian-like operator (``d``, ``dtype``, ``device``, ``hvp``) or a dense
+            symmetric tensor.
+        n: HVPs to spend (Hutch++ needs n ≥ 5 so that m ≥ 3; Hutchinson n ≥ 2).
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        seed: seeds the CPU generator the Rademacher probes come from.
+        confidence: nominal coverage of the interval.
+        chunk_size: probes per ``op.hvp`` call (default: ~2²⁷ entries per call).
+
+    Returns:
+        Estimate ``trace`` (``value_per_dim`` is the mean eigenvalue) with details
+        ``method``, ``sketch`` (k), ``residual_probes`` (m), ``exact_part``
+        (tr(QᵀHQ)), ``residual_mean``, ``std_error``, ``t_quantile``, ``interval``,
+        ``exact`` (True when n ≥ d).
+
+    Example:
+        >>> H = torch.diag(torch.tensor([100.0, 50.0] + [0.01] * 98, dtype=torch.float64))
+        >>> est = trace(H, n=30, seed=0)
+        >>> est.covers(150.98), abs(est.value - 150.98) < 0.1
+        (True, True)
+    """
+    op = as_operator(op)
+    if method not in _METHODS:
+        raise ConfigError(f"method must be one of {_METHODS}, got {method!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
+    n = int(n)
+    need = 5 if method == "hutch++" else 2
+    if n < need:
+        raise ConfigError(f"{method} needs n >= {need} HVPs for an interval (got {n}); raise n")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    t0 = time.perf_counter()
+    d = op.d
+    chunk = chunk_size if chunk_size is not None else _default_chunk(d)
+    if n >= d:
+        value, _ = exact_trace(op, chunk_size=chunk)
+        return Estimate(
+            name="trace",
+            value=value,
+            low=value,
+            high=value,
+            confidence=1.0,
+            n_hvp=d,
+            seconds=time.perf_counter() - t0,
+            d=d,
+            details={"method": "exact", "exact": True, "interval": "exact (d unit vectors)"},
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    exact_part = 0.0
+    k = 0
+    if method == "hutch++":
+        k = n // 3
+        S = _rademacher(g, k, d, op.dtype, op.device)
+        Y = _chunked_hvp(op, S, chunk)
+        del S
+        work = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
+        Q = torch.linalg.qr(Y.T.to(work)).Q.T.to(op.dtype)  # (k, d) orthonormal rows
+        del Y
+        m = n - 2 * k
+        G = _rademacher(g, m, d, op.dtype, op.device)
+        G = G - (G @ Q.T) @ Q
+        HB = _chunked_hvp(op, torch.cat([Q, G]), chunk)
+        exact_part = float((Q * HB[:k]).sum(dtype=torch.float64))
+        # G ⊥ Q already, so gᵀ(I−QQᵀ)H(I−QQᵀ)g = (Gᵢ)ᵀ(HG)ᵢ with the projected G.
+        samples = (G * HB[k:]).sum(dim=1, dtype=torch.float64)
+        del Q, G, HB
+    else:
+        m = n
+        samples = torch.empty(m, dtype=torch.float64)
+        for s in range(0, m, chunk):
+            Z = _rademacher(g, min(chunk, m - s), d, op.dtype, op.device)
+            HZ = _chunked_hvp(op, Z, None)
+            samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
+    samples = samples.cpu()
+    mean = float(samples.mean())
+    se = float(samples.std(unbiased=True)) / math.sqrt(m)
+    tq = t_quantile(0.5 + confidence / 2, m - 1)
+    value = exact_part + mean
+    return Estimate(
+        name="trace",
+        value=value,
+        low=value - tq * se,
+        high=value + tq * se,
+        confidence=confidence,
+        n_hvp=n,
+        seconds=time.perf_counter() - t0,
+        d=d,
+        details={
+            "method": method,
+            "sketch": k,
+            "residual_probes": m,
+            "exact_part": exact_part,
+            "residual_mean": mean,
+            "std_error": se,
+            "t_quantile": tq,
+            "interval": "Student-t over the residual Rademacher samples (sketch part exact)",
+            "exact": False,
+        },
+    )
