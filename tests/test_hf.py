@@ -457,9 +457,13 @@ def test_text_too_short_and_other_data_errors(files, tmp_path):
         hf_operator(small, files / "val.txt", n=2, block_size=T)
 
 
-def test_default_block_size_is_the_context(files):
+def test_default_block_size_and_float32(files):
     op, info = hf_operator(files / "gpt2", files / "val.txt", n=2)
-    assert info["block_size"] == 64 and op.d > 0
+    assert info["block_size"] == 64 and op.dtype == torch.float32 and info["dtype"] == "float32"
+    op64, _ = hf_operator(files / "gpt2", files / "val.txt", n=2, dtype=F64)
+    v = torch.randn(op.d, generator=torch.Generator().manual_seed(5), dtype=F64)
+    hv32, hv64 = op.hvp(v.float()).double(), op64.hvp(v)
+    assert (hv32 - hv64).norm() <= 1e-4 * hv64.norm()
 
 
 def test_transformers_missing(monkeypatch, files):
