@@ -279,15 +279,13 @@ def load_causal_lm(
         raise CheckpointError(
             f"transformers could not load {path} as {arch}: {type(exc).__name__}: {exc}"
         ) from exc
+    # shape mismatches already raise inside transformers (ignore_mismatched_sizes=False)
     missing = sorted(loading.get("missing_keys") or [])
-    mismatched = list(loading.get("mismatched_keys") or [])
-    if missing or mismatched:
-        bad = missing or [str(m) for m in mismatched]
+    if missing:
         raise CheckpointError(
-            f"{path}: the weight files do not hold every tensor of {arch} "
-            f"({'missing' if missing else 'shape-mismatched'}: {bad[:8]}"
-            f"{' ...' if len(bad) > 8 else ''}); transformers would initialise them at "
-            "random, so the Hessian would not be that of the saved model"
+            f"{path}: the weight files do not hold every tensor of {arch} (missing: "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}); transformers would "
+            "initialise them at random, so the Hessian would not be that of the saved model"
         )
     model.config.use_cache = False
     model = model.to(device=device)

@@ -408,6 +408,11 @@ def test_bad_folders(files, tmp_path):
         CheckpointError, match=r"do not hold every tensor of GPT2LMHeadModel \(missing"
     ):
         load_causal_lm(noweights)
+    # config and weights of different shapes
+    grown = _copy(files, tmp_path)
+    _edit_config(grown, n_positions=80)
+    with pytest.raises(CheckpointError, match="could not load .* as GPT2LMHeadModel: .*mismatch"):
+        load_causal_lm(grown)
     with pytest.raises(ConfigError, match="floating torch.dtype"):
         load_causal_lm(files / "gpt2", dtype=torch.int64)
 
