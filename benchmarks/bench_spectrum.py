@@ -36,8 +36,8 @@ import hessnorm as hn
 from hessnorm.estimators import exact
 from hessnorm.estimators.density import spectral_density
 from hessnorm.estimators.trace import trace
-from hessnorm.models import problem_parts
 from hessnorm.operator import _math_attention
+from hessnorm.testing import problem_parts
 
 N_TRACE = 60
 PROBES, STEPS = 8, 40

@@ -23,7 +23,7 @@ import hessnorm as hn
 from hessnorm.estimators.density import block_heterogeneity, block_spectra, spectral_density
 from hessnorm.estimators.diagonal import diagonal_share
 from hessnorm.estimators.trace import trace
-from hessnorm.models import TinyTransformer, char_tokens, lm_loss
+from hessnorm.testing import TinyTransformer, char_tokens, lm_loss
 
 
 def main(out_dir, small: bool = False) -> dict:

@@ -3,8 +3,8 @@ import torch
 
 from hessnorm.errors import ConfigError
 from hessnorm.estimators.diagonal import Diagonal, diagonal, diagonal_share
-from hessnorm.models import make_problem
 from hessnorm.rotation import RandPerm
+from hessnorm.testing import make_problem
 
 
 def _dominant(d=200, eps=0.003, seed=3):
