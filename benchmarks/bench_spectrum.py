@@ -233,7 +233,7 @@ def main():
     seeds = list(range(args.seeds))
     print(f"torch {torch.__version__}, CPU, {args.threads} threads, float64\n")
     print(
-        f"{'problem':<12}{'quantity':<9}{'library':<42}{'HVPs':>6}{'seconds':>9}{'error':>10}{'extra':>12}"
+        f"{'problem':<18}{'quantity':<9}{'library':<42}{'HVPs':>6}{'seconds':>9}{'error':>10}{'extra':>12}"
     )
     for name, model, loss_fn, batch in problems(args.problems.split(",")):
         op = hn.HessianOperator.from_module(
@@ -245,19 +245,19 @@ def main():
         label = f"{name} d={op.d}"
         for lib, r in trace_rows(model, loss_fn, batch, op, truth, seeds):
             if isinstance(r, str):
-                print(f"{label:<12}{'trace':<9}{lib:<42}  failed: {r}")
+                print(f"{label:<18}{'trace':<9}{lib:<42}  failed: {r}")
                 continue
             n, sec, err, cov = r
             print(
-                f"{label:<12}{'trace':<9}{lib:<42}{n:>6}{sec:>9.3f}{err:>10.2e}{('covered ' + cov) if cov != '-' else '':>12}"
+                f"{label:<18}{'trace':<9}{lib:<42}{n:>6}{sec:>9.3f}{err:>10.2e}{('covered ' + cov) if cov != '-' else '':>12}"
             )
         for lib, r in density_rows(model, loss_fn, batch, op, lam):
             if isinstance(r, str):
-                print(f"{label:<12}{'density':<9}{lib:<42}  failed: {r}")
+                print(f"{label:<18}{'density':<9}{lib:<42}  failed: {r}")
                 continue
             n, sec, err, dl = r
             extra = "-" if dl is None else f"{dl:.1e}"
-            print(f"{label:<12}{'density':<9}{lib:<42}{n:>6}{sec:>9.3f}{err:>10.2e}{extra:>12}")
+            print(f"{label:<18}{'density':<9}{lib:<42}{n:>6}{sec:>9.3f}{err:>10.2e}{extra:>12}")
     print(
         "\nerror: trace = relative RMSE over seeds; density = W1 to the exact eigenvalue "
         "distribution. extra: trace = hessnorm 95% intervals covering tr(H); density = "
