@@ -93,6 +93,11 @@ class _BlockOp:
         self.d, self.dtype, self.device = len(cols), op.dtype, op.device
         self.n_hvp = 0
 
+    @property
+    def matvec_count(self) -> int:
+        """Full HVPs so far (the :class:`~hessnorm.operator.HessianLike` contract)."""
+        return self.n_hvp
+
     def _full(self, v: Tensor) -> Tensor:
         self.n_hvp += 1
         if self.bar is not None:
