@@ -974,8 +974,43 @@ class DenseOperator(_Base):
         return f"DenseOperator(d={self.d}, dtype={self.dtype})"
 
 
+class CountingOperator(_Base):
+    """A user's operator (``d``, ``dtype``, ``device``, ``hvp``) that keeps no HVP count.
+
+    :func:`as_operator` wraps such objects so that estimators can report how many HVPs
+    they used; ``hvp`` is passed through unchanged (one count per vector).
+
+    Example:
+        >>> import torch
+        >>> class Scale:
+        ...     d, dtype, device = 3, torch.float64, torch.device("cpu")
+        ...     def hvp(self, v):
+        ...         return 2 * v
+        >>> op = as_operator(Scale())
+        >>> op.hvp(torch.ones(2, 3, dtype=torch.float64)).sum().item(), op.matvec_count
+        (12.0, 2)
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.d = int(base.d)
+        self.dtype = base.dtype
+        self.device = torch.device(base.device)
+        self.matvec_count = 0
+
+    def hvp(self, v: Tensor) -> Tensor:
+        self.matvec_count += 1 if v.dim() == 1 else v.shape[0]
+        return self.base.hvp(v)
+
+    def __repr__(self) -> str:
+        return f"CountingOperator({self.base!r})"
+
+
 def as_operator(obj) -> HessianLike:
     """Return ``obj`` if it is :class:`HessianLike`; wrap a dense square tensor otherwise.
+
+    An object with ``d``, ``dtype``, ``device`` and ``hvp`` but no ``matvec_count`` is
+    wrapped in a :class:`CountingOperator`, so user-written operators need only those four.
 
     Example:
         >>> import torch
@@ -986,6 +1021,9 @@ def as_operator(obj) -> HessianLike:
         return obj
     if isinstance(obj, Tensor):
         return DenseOperator(obj)
+    if all(hasattr(obj, a) for a in ("d", "dtype", "device", "hvp")):
+        return CountingOperator(obj)
     raise TypeError(
-        f"expected a Hessian operator (with .hvp and .d) or a dense square tensor, got {type(obj).__name__}"
+        "expected a Hessian operator (with .hvp, .d, .dtype and .device) or a dense square "
+        f"tensor, got {type(obj).__name__}"
     )

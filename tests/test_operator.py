@@ -146,7 +146,13 @@ def test_matvec_count():
 
 
 def test_operator_contract_is_explicit():
-    from hessnorm.operator import DenseOperator, HessianLike, LossOperator, RotatedOperator
+    from hessnorm.operator import (
+        CountingOperator,
+        DenseOperator,
+        HessianLike,
+        LossOperator,
+        RotatedOperator,
+    )
     from hessnorm.rotation import RandPerm
 
     op = make_problem("mlp")
@@ -172,6 +178,20 @@ def test_operator_contract_is_explicit():
     assert as_operator(mine) is mine and not isinstance(mine, LossOperator)
     assert exact.hessian(mine).tolist() == [[2.0, 0.0], [0.0, 2.0]]
     assert torch.equal(rot.dense(), exact.hessian(rot, symmetrize=False))
+
+    # without matvec_count it is wrapped, and the wrapper counts one HVP per vector
+    class Bare:
+        d, dtype, device = 2, torch.float64, torch.device("cpu")
+
+        def hvp(self, v):
+            return 3 * v
+
+    wrapped = as_operator(Bare())
+    assert isinstance(wrapped, CountingOperator) and isinstance(wrapped, HessianLike)
+    wrapped.hvp(torch.ones(4, 2, dtype=torch.float64))
+    wrapped.hvp(torch.ones(2, dtype=torch.float64))
+    assert wrapped.matvec_count == 5
+    assert exact.hessian(Bare()).tolist() == [[3.0, 0.0], [0.0, 3.0]]
 
 
 def test_scipy_eigsh_matches_exact(problems):
