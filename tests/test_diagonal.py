@@ -91,7 +91,7 @@ def test_share_on_rotated_operator_and_per_tensor():
     e, er = diagonal_share(op, seed=0), diagonal_share(rot, seed=0)
     assert e.covers(_share(H)) and er.covers(_share(Hr))
     assert set(e.details["per_tensor"]) == set(op.param_names)
-    assert list(er.details["per_tensor"]) == ["rotated"]
+    assert list(er.details["per_tensor"]) == ["all"]
     assert e.n_hvp == 250
 
 
