@@ -27,7 +27,7 @@ def test_spectrum_of_a_checkpoint_runs(tmp_path):
         est = out[key]
         assert 0.0 <= est.low <= est.value <= est.high <= 1.0
         assert set(est.details["per_tensor"]) == (
-            set(out["op"].param_names) if key == "share" else {"rotated"}
+            set(out["op"].param_names) if key == "share" else {"all"}
         )
     assert out["heterogeneity"].d == len(out["op"].param_names)
 
