@@ -1,0 +1,1 @@
+"""Paper experiments behind ``hessnorm reproduce NAME``; never imported by the library."""
