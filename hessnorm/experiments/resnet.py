@@ -436,11 +436,11 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
     for _, t in t4.iterrows():
         cells = []
         for o in OPTIMIZERS:
-            sd = f" ± {t[f'{o}_sd']:.4f}" if t[f"{o}_n"] > 1 else ""
+            sd = f" ± {t[f'{o}_sd']:.2g}" if t[f"{o}_n"] > 1 else ""
             edge = "†" if t[f"{o}_edge"] else ""
             paper = PAPER_TABLE4.get(int(t.batch_size), {}).get(o)
             cells.append(
-                f"{t[f'{o}_mean']:.4f}{sd} (lr {t[f'{o}_lr']:g}{edge}) "
+                f"{t[f'{o}_mean']:.3g}{sd} (lr {t[f'{o}_lr']:g}{edge}) "
                 + (f"({paper})" if paper is not None else "")
             )
         L.append(f"| {int(t.batch_size)} | {int(t.steps)} | " + " | ".join(cells) + " |")
@@ -450,15 +450,15 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
         "",
         "Gap = loss(first) − loss(second), negative = the paper's order; SE combines the "
         "paired per-example SE on the scoring subset with the seed spread "
-        "(SD/√n per optimizer). Verdict: holds if gap < −2 SE, does not hold if > 2 SE, "
-        "else not separable.",
+        "(SD/√n per optimizer; with 2 seeds the SD itself is a rough estimate). Verdict: "
+        "holds if gap < −2 SE, does not hold if > 2 SE, else not separable.",
         "",
         "| batch size | " + " | ".join(f"{NAMES[a]} < {NAMES[w]}" for a, w in CLAIMS) + " |",
         "|---|" + "---|" * len(CLAIMS),
     ]
     for _, t in t4.iterrows():
         cells = [
-            f"{t[f'gap[{a}<{w}]']:+.4f} ± {t[f'se[{a}<{w}]']:.4f} **{t[f'verdict[{a}<{w}]']}**"
+            f"{t[f'gap[{a}<{w}]']:+.2g} ± {t[f'se[{a}<{w}]']:.2g} **{t[f'verdict[{a}<{w}]']}**"
             for a, w in CLAIMS
         ]
         L.append(f"| {int(t.batch_size)} | " + " | ".join(cells) + " |")
@@ -494,8 +494,9 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
         "",
         "All three quantities at every optimizer's checkpoint (per dimension, intervals):",
         "",
-        "| checkpoint of | ‖H‖₂ | ‖H‖₁,₁/d | ‖RᵀHR‖₁,₁/d | ‖H‖₁,₁/d < ‖H‖₂ < ‖RᵀHR‖₁,₁/d here |",
-        "|---|---|---|---|---|",
+        "| checkpoint of | ‖H‖₂ | ‖H‖₁,₁/d | ‖RᵀHR‖₁,₁/d | here ‖H‖₁,₁/d < ‖H‖₂ "
+        "| here ‖H‖₂ < ‖RᵀHR‖₁,₁/d |",
+        "|---|---|---|---|---|---|",
     ]
     for opt, g in norms_df.groupby("checkpoint_of", sort=False) if len(norms_df) else []:
         cell = {
@@ -503,13 +504,10 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
             for _, r in g.iterrows()
         }
         iv = {r.quantity: (r.per_dim, r.low_per_dim, r.high_per_dim) for _, r in g.iterrows()}
-        order = "—"
+        order = "— | —"
         if len(iv) == 3:
-            pair = (_order(iv["l11"], iv["spectral"]), _order(iv["spectral"], iv["rotated_l11"]))
             order = (
-                "holds"
-                if pair == ("holds", "holds")
-                else ("does not hold" if "does not hold" in pair else "not separable")
+                f"{_order(iv['l11'], iv['spectral'])} | {_order(iv['spectral'], iv['rotated_l11'])}"
             )
         L.append(
             f"| {NAMES[opt]} | "
@@ -528,7 +526,7 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
             s = sub[(sub.optimizer == o) & (sub.batch_size == bs)].set_index("lr").final_train_loss
             L.append(
                 f"| {NAMES[o]} | {bs} | "
-                + " | ".join(f"{s[x]:.4f}" if x in s else "·" for x in lrs)
+                + " | ".join(f"{s[x]:.3g}" if x in s else "·" for x in lrs)
                 + " |"
             )
     L += _setup_lines(c)
