@@ -26,7 +26,7 @@ report regenerated in seconds.
 Examples::
 
     python -m hessnorm.experiments.table2 --quick --out /tmp/t2     # seconds
-    python -m hessnorm.experiments.table2                            # CPU scale (~45 min, 1 core)
+    python -m hessnorm.experiments.table2        # CPU scale: ~30 CPU-min on 1 core (more when shared)
     python -m hessnorm.experiments.table2 --scale paper --data-dir data/openwebtext
 """
 
@@ -687,10 +687,12 @@ def _paper_estimate_lines() -> list[str]:
         f"~{per_step * 1e5 * runs / 86400:.1f} GPU-days for the ~{runs} runs "
         "(+ ~1 h of HVPs for the norms). The same formula against this report's measured "
         "CPU times is in `trend.csv` (tokens) and `runs.csv` (seconds).",
-        "- Gaps in the trainer for paper scale: it has no gradient accumulation, so a "
-        "480 × 512 batch must fit one device (it does not in 80 GB for 124M in bf16 "
-        "activations); use `--batch-size`-sized micro-batches with accumulation once the "
-        "trainer supports it, or a multi-GPU launch.",
+        "- Gaps in the trainer for paper scale: it has no gradient accumulation, so the "
+        "480 × 512-token batch must fit one device — its activations alone need well over "
+        "80 GB for 124M parameters (~0.3 MB per token even with fused attention, plus "
+        "25 GB of bf16 logits) — so the paper-scale run needs gradient accumulation in "
+        "the trainer (nanoGPT: 40 micro-batches of 12 × 1024) or a smaller batch, "
+        "which would be a further deviation.",
     ]
 
 
