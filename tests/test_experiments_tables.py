@@ -140,7 +140,7 @@ def test_resnet_quick_outputs(resnet_quick):
         # the fixed budget: the same number of examples at every batch size
         assert best.steps.item() == math.ceil(1 * 1500 / bs)
     # the paper's numbers are shown beside ours
-    assert "(0.0472)" in md and "| Adam | H(L, Φ_Adam) | ‖∇²L‖₁,₁ / d |" in md
+    assert "[paper 0.0472]" in md and "| Adam | H(L, Φ_Adam) | ‖∇²L‖₁,₁ / d |" in md
 
 
 def test_resnet_norms_come_from_the_estimators(resnet_quick):

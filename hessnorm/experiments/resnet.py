@@ -428,7 +428,7 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
         "",
         "Mean ± SD over seeds "
         f"{[0, *c.seeds]} at the cell's best lr (selected on seed 0); paper's value in "
-        "parentheses; † = best lr at the edge of the grid.",
+        "brackets; † = best lr at the edge of the grid.",
         "",
         "| batch size | steps | " + " | ".join(NAMES[o] for o in OPTIMIZERS) + " |",
         "|---|---|---|---|---|---|",
@@ -441,7 +441,7 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
             paper = PAPER_TABLE4.get(int(t.batch_size), {}).get(o)
             cells.append(
                 f"{t[f'{o}_mean']:.3g}{sd} (lr {t[f'{o}_lr']:g}{edge}) "
-                + (f"({paper})" if paper is not None else "")
+                + (f"[paper {paper}]" if paper is not None else "")
             )
         L.append(f"| {int(t.batch_size)} | {int(t.steps)} | " + " | ".join(cells) + " |")
     L += [
