@@ -632,6 +632,8 @@ def _markdown(cfgs, per_config, runs_df, norms_df, trend_df, seconds, quick, sca
 
 
 def _setup_lines(cfgs, per_config, runs_df, scale) -> list[str]:
+    max_tokens = max(c.steps * c.batch_size * c.model["block_size"] for c in cfgs)
+    max_d = max(_n_params(c.model) for c in cfgs)
     L = ["## Setup and every deviation from paper 000's", ""]
     for c in cfgs:
         L.append(
@@ -654,8 +656,8 @@ def _setup_lines(cfgs, per_config, runs_df, scale) -> list[str]:
         "corpus, 90/10 split), not OpenWebText with the GPT-2 tokenizer; eval loss on "
         "fixed held-out sequences.",
         "- Scale: the paper trains GPT-2 124M for 100k steps at 480 × 512 tokens per step "
-        "(~2.5e10 tokens); these runs see ≤ 2000 × 16 × 64 ≈ 2e6 tokens — four orders of "
-        "magnitude less, on a model 150-1000× smaller.",
+        f"(~2.5e10 tokens); these runs see ≤ {max_tokens:.1e} tokens on models of "
+        f"≤ {max_d:,} parameters.",
         "- Rotated Adam: Adam on L∘R with R = RandPerm² (App. D.2), as the paper; "
         "AdaSGD: one second-moment scalar for the whole model (Alg. 2); float32 on CPU "
         "(the paper: bf16 mixed precision on GPU).",
