@@ -1,13 +1,16 @@
 """Paper experiments: ``hessnorm reproduce NAME`` (never imported by the library).
 
 Modules: :mod:`~hessnorm.experiments.table1` (paper 000 Table 1, both halves),
+:mod:`~hessnorm.experiments.table2` (paper 000 Table 2 and Fig. 1 on CPU-sized GPTs),
+:mod:`~hessnorm.experiments.resnet` (paper 000 Tables 3-4 and Fig. 2),
 :mod:`~hessnorm.experiments.gpt` (tiny GPT optimizer comparison),
 :mod:`~hessnorm.experiments.paper003` (paper 003's (L0, L1) experiments) and
 :mod:`~hessnorm.experiments.demo` (``hessnorm demo``).
 
 Each entry is ``"module:function"``; the function takes
 ``(out_dir: pathlib.Path, quick: bool, seed: int, progress: bool)`` and writes its
-tables and figures under ``out_dir`` (default ``reports/NAME``).
+tables and figures under ``out_dir`` (default ``reports/NAME``). Experiments listed in
+``SCALED`` also take ``scale=`` (``cpu`` or ``paper``) and ``data_dir=``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,17 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "hessnorm.experiments.paper003:reproduce",
         "paper 003: Shi et al. problem vs beta2, and (S)GD divergence vs Adam",
     ),
+    "table2": (
+        "hessnorm.experiments.table2:reproduce",
+        "paper 000 Table 2 + Fig. 1: GPT norms and losses (CPU sizes; --scale paper)",
+    ),
+    "resnet": (
+        "hessnorm.experiments.resnet:reproduce",
+        "paper 000 Tables 3-4 + Fig. 2: ResNet x batch size (digits; --data-dir CIFAR-10)",
+    ),
 }
+# experiments that accept scale= and data_dir=
+SCALED = ("table2", "resnet")
 
 
 def resolve(name: str):
@@ -63,12 +76,28 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small, fast version (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--scale",
+        choices=("cpu", "paper"),
+        default="cpu",
+        help=f"{'/'.join(SCALED)} only: CPU-sized runs (default) or the paper's sizes (GPU)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"{'/'.join(SCALED)} only: nanoGPT .bin folder or CIFAR-10 folder",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     fn = resolve(args.name)
     out = args.out or pathlib.Path("reports") / args.name
     out.mkdir(parents=True, exist_ok=True)
-    fn(out, args.quick, args.seed, not args.quiet)
+    scaled = {}
+    if args.name in SCALED:
+        scaled = {"scale": args.scale, "data_dir": args.data_dir}
+    elif args.scale != "cpu" or args.data_dir is not None:
+        raise ConfigError(f"--scale and --data-dir apply only to {', '.join(SCALED)}")
+    fn(out, args.quick, args.seed, not args.quiet, **scaled)
     print(f"wrote {out}/")
     return 0
