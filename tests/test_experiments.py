@@ -281,3 +281,18 @@ def test_reproduce_quick_writes_the_report(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
     readme = (tmp_path / "README.md").read_text()
     assert "6000 epochs" in readme
+
+
+def test_scale_options_only_where_they_apply(tmp_path):
+    import argparse
+
+    from hessnorm.experiments import SCALED, configure_parser, run
+
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    args = p.parse_args(["table1", "--scale", "paper", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="apply only to table2, resnet"):
+        run(args)
+    assert SCALED == ("table2", "resnet")
+    with pytest.raises(ConfigError, match="fixes its seeds"):
+        resolve("table2")(tmp_path, True, 1, False)
