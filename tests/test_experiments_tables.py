@@ -20,7 +20,8 @@ from hessnorm.errors import ConfigError
 from hessnorm.estimators import exact
 from hessnorm.experiments import _runs, resnet, table2
 from hessnorm.optim.factory import parse_rotation
-from hessnorm.train.loop import TrainConfig, rebuild
+from hessnorm.train.loop import TrainConfig
+from hessnorm.train.runs import rebuild
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -24,8 +24,8 @@ import torch
 
 from hessnorm._io import atomic_write_bytes
 from hessnorm.errors import ConfigError, NonFiniteError
-from hessnorm.train.checkpoint import checkpoint_name, list_checkpoints
 from hessnorm.train.loop import TrainConfig, train
+from hessnorm.train.runs import checkpoint_name, list_checkpoints
 
 __all__ = [
     "RunResult",
@@ -252,7 +252,7 @@ def hessian_norms(
     """
     import hessnorm as hn
     from hessnorm.optim.factory import parse_rotation
-    from hessnorm.train.loop import rebuild
+    from hessnorm.train.runs import rebuild
 
     unknown = [q for q in quantities if q not in QUANTITIES]
     if unknown:

@@ -203,7 +203,7 @@ def _train_subset(c: Config, device=None, dtype=torch.float32):
 
 def _score(checkpoint: str, subset, eval_batch: int = 256) -> dict:
     """Final training loss and accuracy on ``subset`` and eval accuracy, batch 256 BN stats."""
-    from hessnorm.train.loop import rebuild
+    from hessnorm.train.runs import rebuild
 
     model, ev_batches, _, _ = rebuild(checkpoint)
     x, y = subset
@@ -370,8 +370,7 @@ def _fig(c: Config, best: dict, bs: int, subset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from hessnorm._io import atomic_write
-    from hessnorm.train.checkpoint import list_checkpoints
-    from hessnorm.train.loop import rebuild
+    from hessnorm.train.runs import list_checkpoints, rebuild
 
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
     for k, opt in enumerate(OPTIMIZERS):

@@ -273,7 +273,7 @@ def _row(c: Config, opt, lr, seed, r, is_best) -> dict:
 
 def _noise(c: Config, best: dict) -> dict:
     """Per optimizer: seed mean/SD of the final eval loss, and per-sequence eval losses."""
-    from hessnorm.train.loop import rebuild
+    from hessnorm.train.runs import rebuild
 
     out = {}
     for opt, b in best.items():
