@@ -19,7 +19,7 @@ import hessnorm as hn
 from hessnorm.errors import ConfigError
 from hessnorm.estimators import exact
 from hessnorm.experiments import _runs, resnet, table2
-from hessnorm.optim.factory import parse_rotation
+from hessnorm.rotation import parse as parse_rotation
 from hessnorm.train.loop import TrainConfig
 from hessnorm.train.runs import rebuild
 

@@ -251,7 +251,7 @@ def hessian_norms(
     ``high_per_dim``, ``rotation``, ``n_batches``, ``batch_examples``}.
     """
     import hessnorm as hn
-    from hessnorm.optim.factory import parse_rotation
+    from hessnorm.rotation import parse as parse_rotation
     from hessnorm.train.runs import rebuild
 
     unknown = [q for q in quantities if q not in QUANTITIES]
