@@ -364,12 +364,10 @@ def _resample_spread(operator, meta, names, k: int, options: dict, note) -> dict
         return {}
     values: dict[str, list[float]] = {n: [] for n in names}
     for i in range(k):
-        op_i = operator(meta["resample"](i))
+        op_i = operator(meta["resample"](i + 1))  # resample 0 is the --data-seed set itself
         for row in analyze_operator(op_i, names, **options):
             values[row["estimator"]].append(float(row["value"]))
-    note(
-        f"  {k} independent evaluation sets: {meta['eval_rule'].split(':')[0]} (resample 0..{k - 1})"
-    )
+    note(f"  {k} independent evaluation sets: {meta['eval_rule'].split(':')[0]} (resample 1..{k})")
     out = {}
     for name, v in values.items():
         t = torch.tensor(v, dtype=torch.float64)

@@ -163,7 +163,7 @@ def test_eval_resamples_reports_the_spread_across_sets(nano):
         nano["ckpt"], data_dir=str(nano["data"]), eval_examples=8, data_seed=5
     )
     values = []
-    for k in range(3):
+    for k in (1, 2, 3):  # resample 0 is the data_seed set the row's value is computed on
         op = hn.HessianOperator.from_module(net, loss_fn, meta["resample"](k))
         values.append(hn.spectral_norm(op, tol=1e-2, seed=0, progress=False).value)
     assert row["eval_sd"] == pytest.approx(float(np.std(values, ddof=1)), rel=1e-6)

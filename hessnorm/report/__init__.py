@@ -237,7 +237,10 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
         )
         doc.image("l11_per_tensor.png", _per_tensor_figure(shares, colors), "per-tensor share")
         top = shares.groupby("checkpoint", sort=False).head(5)
-        display = top.assign(share=(100 * top["share"]).map(lambda v: f"{v:.1f}%"))
+        pct = lambda c: (100 * top[c]).map(lambda v: f"{v:.1f}%")  # noqa: E731
+        display = top.assign(
+            share=pct("share"), share_low=pct("share_low"), share_high=pct("share_high")
+        )
         doc.table(display, "l11_per_tensor.csv", shares)
 
 

@@ -240,8 +240,11 @@ def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    spread = "eval_sd" in df.columns and df["eval_sd"].notna().any()
     fig.suptitle(
-        "Hessian-norm estimates along training (error bars: estimator interval)", fontsize=11
+        "Hessian-norm estimates along training (error bars: estimator interval"
+        + ("; light bars: ± 1 sd over independent evaluation sets)" if spread else ")"),
+        fontsize=11,
     )
     # One legend for all panels: the runs are the same in each.
     handles, names = {}, []
