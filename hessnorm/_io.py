@@ -116,7 +116,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _first_sentence(exc: BaseException) -> str:
-    """The reason in an exception message: ANSI codes removed, one whole sentence.
+    r"""The reason in an exception message: ANSI codes removed, one whole sentence.
 
     torch's refusal is a page of advice; its reason follows "WeightsUnpickler error:".
 
