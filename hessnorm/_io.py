@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -93,16 +94,41 @@ def read_state(path: str | Path) -> Any:
             return load_file(str(path))
         except Exception as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is an empty file (0 bytes): not a checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path}: it needs arbitrary unpickling (weights_only=True "
-            f"rejected it: {str(exc).splitlines()[0][:200]}). Unpickling can run any code, "
+            f"rejected it: {_first_sentence(exc)}). Unpickling can run any code, "
             "so hessnorm never does it. If you trust the file, re-save only its tensors: "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file."
         ) from exc
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): {exc}"
+            f"cannot read {path} with torch.load(weights_only=True): "
+            f"{_first_sentence(exc) or type(exc).__name__}"
         ) from exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _first_sentence(exc: BaseException) -> str:
+    r"""The reason in an exception message: ANSI codes removed, one whole sentence.
+
+    torch's refusal is a page of advice; its reason follows "WeightsUnpickler error:".
+
+    Example:
+        >>> _first_sentence(ValueError("\x1b[1mBad.\x1b[0m\n WeightsUnpickler error: Unsupported "
+        ...                            "global: GLOBAL a.B was not allowed. Please use x."))
+        'Unsupported global: GLOBAL a.B was not allowed.'
+    """
+    text = " ".join(_ANSI.sub("", str(exc)).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+        text = text.split(" Check the documentation of torch.load")[0]
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]

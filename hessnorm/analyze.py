@@ -123,8 +123,17 @@ def analyze(
     batchnorm: str = "batch",
     progress: bool = True,
     log=None,
+    data_seed: int | None = None,
+    eval_resamples: int = 0,
 ):
     """Estimate Hessian norms of checkpoints; returns a :class:`pandas.DataFrame`.
+
+    Every interval is conditional on the evaluation set: it covers the norm of the
+    Hessian of the mean loss over *these* examples, not over the data distribution.
+    ``eval_resamples=K`` measures the other source of variation: the same estimator
+    (same ``seed``) on K independent evaluation sets (for language models, K sets of
+    random window offsets drawn from ``data_seed``), reported as ``eval_sd`` (their
+    sample standard deviation), ``eval_min`` and ``eval_max``, at K times the cost.
 
     Args:
         checkpoints: files or run folders (a folder stands for all its checkpoints,
@@ -133,14 +142,20 @@ def analyze(
             comma-separated string).
         n_cauchy: Cauchy probes for (1,1)-norm estimates (paper 000 uses 50).
         rotation: rotation for the ``rotated-*`` estimators.
-        eval_examples: evaluation examples the Hessian is averaged over.
-        seed: seeds the estimators and the choice of evaluation examples.
+        eval_examples: evaluation examples the Hessian is averaged over (>= 1;
+            None: the format's default, 64 windows for language models).
+        seed: seeds the estimators' probes only (not the evaluation set).
         tol: Lanczos relative interval width.
         device, dtype: where and in which precision to compute.
         model, data, loss, task, data_dir: see :func:`hessnorm.checkpoint.load`.
         batchnorm: ``"batch"`` or ``"frozen"`` (see HessianOperator.from_module).
         progress: progress bars.
         log: where notes go (default stderr); ``False`` silences them.
+        data_seed: language models: None (default) evaluates on the deterministic
+            :func:`hessnorm.train.tasks.lm_windows` windows; an int draws random window
+            offsets with it (:func:`hessnorm.checkpoint.nanogpt_eval_windows`).
+        eval_resamples: K >= 2 adds the spread over K independent evaluation sets
+            (0: none).
 
     Returns:
         One row per (checkpoint, estimator) with columns :data:`hessnorm.results.COLUMNS`.
@@ -169,6 +184,7 @@ def analyze(
             raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         dtype = getattr(torch, dtype)
     out = sys.stderr if log is None else log
+    check_analyze_options(eval_examples=eval_examples, device=device, eval_resamples=eval_resamples)
 
     def note(msg):
         if out is not False:
@@ -181,7 +197,10 @@ def analyze(
             raise ConfigError(f"{c} does not exist")
         found = expand(c)
         if not found:
-            raise ConfigError(f"{c} is a folder without ckpt_*.pt checkpoints")
+            raise ConfigError(
+                f"{c} is a folder without checkpoints (ckpt_*.pt of a hessnorm run, nanoGPT's "
+                "ckpt.pt, or sub-folders holding ckpt.pt)"
+            )
         files += [(f, str(c) if c.is_dir() else str(f.parent)) for f in found]
 
     rows = []
@@ -197,20 +216,45 @@ def analyze(
             seed=seed,
             device=device,
             dtype=dtype,
+            data_seed=data_seed,
         )
         note(
             f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})"
         )
-        op = HessianOperator.from_module(
-            net, loss_fn, batches, batchnorm=batchnorm, device=device, dtype=dtype
-        )
+        note(f"  evaluation data: {describe_eval_data(meta)}")
+        for msg in meta.get("notes", []):
+            note(f"  {msg}")
+        if eval_resamples and meta.get("resample") is None:
+            raise ConfigError(
+                f"--eval-resamples needs evaluation sets that can be redrawn (language models); "
+                f"{path} ({meta['kind']}, task {meta.get('task')}) has one fixed evaluation set"
+            )
         own_rotation = meta.get("rotation")
+
+        def operator(batches_, net=net, loss_fn=loss_fn, own_rotation=own_rotation):
+            op_ = HessianOperator.from_module(
+                net, loss_fn, batches_, batchnorm=batchnorm, device=device, dtype=dtype
+            )
+            if own_rotation:
+                op_ = op_.rotated(parse_rotation(own_rotation, op_.d))
+            return op_
+
+        op = operator(batches)
         if own_rotation:
             note(
                 f"  trained with rotated Adam ({spec_string(own_rotation)}): analysing the Hessian of "
                 "L∘R in the run's own rotated coordinates, as paper 000 Table 2 does"
             )
-            op = op.rotated(parse_rotation(own_rotation, op.d))
+        at_point = {"loss": op.loss(), "grad_norm": float(torch.linalg.vector_norm(op.gradient()))}
+        spread = _resample_spread(
+            operator,
+            meta,
+            names,
+            eval_resamples,
+            dict(n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=False),
+            note,
+        )
+        sizes = _tensor_sizes(net, op)
         for row in analyze_operator(
             op, names, n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=progress
         ):
@@ -225,13 +269,140 @@ def analyze(
             row.update(
                 checkpoint=str(path),
                 kind=meta["kind"],
-                run=run_name if meta["kind"] == "hessnorm-run" else "",
+                run=run_name if meta["kind"] in ("hessnorm-run", "nanogpt") else "",
                 task=meta.get("task", ""),
                 optimizer=meta.get("optimizer", ""),
                 step=meta.get("step"),
+                **at_point,
+                **{k: meta.get(k) for k in _DATA_KEYS},
+                **spread.get(row["estimator"], {"eval_resamples": 0}),
             )
+            row["details"] = _annotate_details(row["estimator"], row["details"], sizes)
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+_DATA_KEYS = ("data", "split", "eval_windows", "eval_tokens", "eval_rule", "data_seed")
+
+
+def check_analyze_options(*, eval_examples=None, device=None, eval_resamples=0, out=None) -> None:
+    """Reject bad analyze options before any checkpoint is read.
+
+    Raises:
+        ConfigError: ``eval_examples < 1``, ``eval_resamples`` of 1 or negative,
+            ``device="cuda"`` on a machine without a GPU, or an ``out`` path with
+            a suffix other than .csv/.json or in a folder that cannot be written.
+
+    Example:
+        >>> check_analyze_options(eval_examples=0)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --eval-examples must be >= 1, got 0 (leave it out for the default: 64 windows for language models)
+    """
+    if eval_examples is not None and int(eval_examples) < 1:
+        raise ConfigError(
+            f"--eval-examples must be >= 1, got {eval_examples} (leave it out for the default: "
+            "64 windows for language models)"
+        )
+    if int(eval_resamples) < 0 or int(eval_resamples) == 1:
+        raise ConfigError(
+            f"--eval-resamples must be 0 (off) or >= 2 evaluation sets, got {eval_resamples}"
+        )
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: no CUDA GPU is available to this torch "
+            f"({torch.__version__}); use --device cpu or leave --device out"
+        )
+    if out is not None:
+        check_output_path(out)
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Validate a results path before the work that fills it.
+
+    Raises:
+        ConfigError: a suffix other than ``.csv``/``.json``, or a folder that cannot
+            be created or written.
+
+    Example:
+        >>> check_output_path("results.txt")
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --out must end in .csv or .json, got results.txt
+    """
+    import os
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise ConfigError(f"--out must end in .csv or .json, got {path.name}")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; name a .csv or .json file")
+    folder = path.parent.resolve()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: cannot write into {existing or folder}")
+    return path
+
+
+def describe_eval_data(meta: dict) -> str:
+    """One line naming the evaluation set of a checkpoint's rows.
+
+    Example:
+        >>> describe_eval_data({"data": "d/val.bin", "split": "val", "eval_windows": 64,
+        ...                     "eval_tokens": 256, "eval_rule": "lm_windows: evenly spaced"})
+        'd/val.bin (split val), 64 windows × 256 tokens, lm_windows: evenly spaced'
+    """
+    size = f"{meta.get('eval_windows')} examples"
+    if meta.get("eval_tokens"):
+        size = f"{meta.get('eval_windows')} windows × {meta.get('eval_tokens')} tokens"
+    return f"{meta.get('data')} (split {meta.get('split')}), {size}, {meta.get('eval_rule')}"
+
+
+def _resample_spread(operator, meta, names, k: int, options: dict, note) -> dict:
+    """estimator -> spread columns over ``k`` independent evaluation sets (empty when k = 0)."""
+    if not k:
+        return {}
+    values: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(k):
+        op_i = operator(meta["resample"](i + 1))  # resample 0 is the --data-seed set itself
+        for row in analyze_operator(op_i, names, **options):
+            values[row["estimator"]].append(float(row["value"]))
+    note(f"  {k} independent evaluation sets: {meta['eval_rule'].split(':')[0]} (resample 1..{k})")
+    out = {}
+    for name, v in values.items():
+        t = torch.tensor(v, dtype=torch.float64)
+        out[name] = {
+            "eval_resamples": k,
+            "eval_sd": float(t.std()),
+            "eval_min": float(t.min()),
+            "eval_max": float(t.max()),
+        }
+    return out
+
+
+def _tensor_sizes(net, op) -> dict[str, int]:
+    names = getattr(op, "param_names", None)
+    if names is None:
+        names = [n for n, p in net.named_parameters() if p.requires_grad]
+    params = dict(net.named_parameters())
+    return {n: int(params[n].numel()) for n in names if n in params}
+
+
+def _annotate_details(estimator: str, details: str, sizes: dict[str, int]) -> str:
+    """Add ``tensor_sizes`` to l11 details; label Lanczos' unconverged ``lambda_min``."""
+    try:
+        d = json.loads(details)
+    except (TypeError, json.JSONDecodeError):
+        return details
+    if not isinstance(d, dict):
+        return details
+    if "per_tensor" in d and sizes:
+        d["tensor_sizes"] = {k: sizes.get(k) for k in d["per_tensor"]}
+    if "lambda_min" in d:
+        # Lanczos stops when the largest |eigenvalue| converged; the smallest Ritz value
+        # at that point is not a converged eigenvalue.
+        d["lambda_min_unconverged"] = d.pop("lambda_min")
+    return json.dumps(d, ensure_ascii=False)
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -384,16 +555,44 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--rotation", default=DEFAULT_ROTATION, help="rotation for rotated-* estimators")
     p.add_argument(
-        "--eval-examples", type=int, default=None, help="examples the Hessian averages over"
+        "--eval-examples",
+        type=int,
+        default=None,
+        help="examples the Hessian averages over (>= 1; default: 64 windows for language models)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the estimators' random probes only; every interval is conditional on the "
+        "evaluation set (see --data-seed, --eval-resamples)",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="language models: draw the evaluation windows at random offsets with this seed "
+        "(default: deterministic lm_windows rule, evenly spaced starts over the val split)",
+    )
+    p.add_argument(
+        "--eval-resamples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also run each estimator on K >= 2 independent evaluation sets (random offsets "
+        "drawn from --data-seed) and report their spread (eval_sd, eval_min, eval_max): the "
+        "variation the estimator interval does not include; costs K times more",
+    )
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative interval width")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=["float32", "float64"])
     p.add_argument("--batchnorm", default="batch", choices=["batch", "frozen"])
     p.add_argument("--model", default=None, help="state_dicts: 'module:factory' building the model")
     p.add_argument(
-        "--data", default=None, help="state_dicts: 'module:function' returning eval batches"
+        "--data",
+        default=None,
+        help="state_dicts: 'module:function' returning eval batches; nanoGPT: 'builtin' for "
+        "hessnorm's bundled byte-level corpus (never used unless asked)",
     )
     p.add_argument(
         "--loss", default=None, help="'module:function' batch-mean loss (default cross-entropy)"
@@ -401,12 +600,23 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task", default=None, help="state_dicts: a trainer task instead of --model/--data"
     )
-    p.add_argument("--data-dir", default=None, help="nanoGPT data folder with val.bin")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="nanoGPT data folder holding val.bin (required for nanoGPT checkpoints unless "
+        "--data builtin)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_analyze_options(
+        eval_examples=args.eval_examples,
+        device=args.device,
+        eval_resamples=args.eval_resamples,
+        out=args.out,
+    )
     df = analyze(
         args.checkpoints,
         args.estimators,
@@ -425,15 +635,52 @@ def run(args: argparse.Namespace) -> int:
         batchnorm=args.batchnorm,
         progress=not args.quiet,
         log=False if args.quiet else None,
+        data_seed=args.data_seed,
+        eval_resamples=args.eval_resamples,
     )
-    show = df[
-        ["run", "step", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]
-    ].copy()
-    show["checkpoint"] = [Path(c).name for c in df["checkpoint"]]
-    import pandas as pd
-
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(show.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    print(format_table(df))
     if args.out:
         print(f"wrote {write_results(df, args.out)}")
     return 0
+
+
+def format_table(df) -> str:
+    """The table ``hessnorm analyze`` prints: identity, loss, estimates, and what they mean.
+
+    ``checkpoint`` is the path as given (it tells apart files that share a name),
+    ``run`` its run folder. Below the table: the meaning of ``bound_per_dim`` for each
+    estimator shown and the evaluation set of each checkpoint.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame([{"checkpoint": "out/ckpt.pt", "run": "out", "step": 5, "loss": 2.0,
+        ...     "grad_norm": 0.1, "estimator": "spectral", "value": 3.0, "low": 2.9, "high": 3.1,
+        ...     "bound": "d‖H‖₂", "bound_per_dim": 3.0, "n_hvp": 10, "seconds": 1.0,
+        ...     "eval_resamples": 0, "data": "v.bin", "split": "val", "eval_windows": 4,
+        ...     "eval_tokens": 8, "eval_rule": "lm_windows"}])
+        >>> print(format_table(df).splitlines()[-1])
+        evaluation data of out/ckpt.pt: v.bin (split val), 4 windows × 8 tokens, lm_windows
+    """
+    import pandas as pd
+
+    from hessnorm.results import per_dim_label
+
+    cols = ["checkpoint", "run", "step", "loss", "estimator", "value", "low", "high"]
+    if "eval_resamples" in df and df["eval_resamples"].fillna(0).gt(0).any():
+        cols += ["eval_sd", "eval_min", "eval_max"]
+    cols += ["bound_per_dim", "n_hvp", "seconds"]
+    show = df[cols].copy()
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        lines = [show.to_string(index=False, float_format=lambda v: f"{v:.5g}")]
+    lines.append(
+        "low, high: the estimator's interval for the Hessian of the mean loss over the "
+        "evaluation set below (conditional on it; eval_sd/min/max: spread over "
+        "independent evaluation sets, --eval-resamples)"
+    )
+    for est, bound in dict(zip(df["estimator"], df["bound"])).items():
+        lines.append(
+            f"bound_per_dim ({est}): {per_dim_label(bound)}, the bound {bound} divided by d"
+        )
+    for ckpt, g in df.groupby("checkpoint", sort=False):
+        lines.append(f"evaluation data of {ckpt}: {describe_eval_data(g.iloc[0].to_dict())}")
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,17 @@ from hessnorm.errors import CheckpointError, ConfigError
 from hessnorm.train.runs import list_checkpoints, rebuild
 from hessnorm.train.tasks import build_task
 
-__all__ = ["detect", "expand", "load", "read_state", "load_state_into", "resolve_callable"]
+__all__ = [
+    "detect",
+    "expand",
+    "load",
+    "read_state",
+    "load_state_into",
+    "resolve_callable",
+    "nanogpt_eval_windows",
+    "check_nanogpt_model_args",
+    "check_best_val_loss",
+]
 
 _COMPILE_PREFIX = "_orig_mod."
 
@@ -91,7 +102,10 @@ def detect(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         if not expand(path):
-            raise CheckpointError(f"{path} is a folder without ckpt_*.pt checkpoints")
+            raise CheckpointError(
+                f"{path} is a folder without checkpoints (ckpt_*.pt of a hessnorm run, or "
+                "nanoGPT's ckpt.pt)"
+            )
         return "run-folder"
     return _kind_of(read_state(path))
 
@@ -105,8 +119,27 @@ def expand(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        return [p for _, p in list_checkpoints(path)]
+        found = [p for _, p in list_checkpoints(path)]
+        return found or _nanogpt_folder(path)
     return [path]
+
+
+def _nanogpt_folder(path: Path) -> list[Path]:
+    """A nanoGPT ``out_dir``: its ``ckpt_<iter>.pt`` by iteration and ``ckpt.pt``, else
+    the ``ckpt.pt`` of its sub-folders (several ``out*/`` of one run)."""
+    import re
+
+    numbered = sorted(
+        (int(m.group(1)), p)
+        for p in path.iterdir()
+        if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name)) and p.is_file()
+    )
+    files = [p for _, p in numbered]
+    if (path / "ckpt.pt").is_file():
+        files.append(path / "ckpt.pt")
+    # a folder of nanoGPT out_dirs (out_100/ckpt.pt, out_200/ckpt.pt, ...): one run's
+    # snapshots; analyze orders them by their iter_num
+    return files or sorted(p for p in path.glob("*/ckpt.pt") if p.is_file())
 
 
 def resolve_callable(spec: str | Callable, what: str) -> Callable:
@@ -207,34 +240,257 @@ def load_state_into(
     return model
 
 
-def _load_nanogpt(ckpt: Mapping, *, data_dir, eval_examples, seed) -> tuple:
-    from hessnorm.train.gpt import GPTConfig
+# ---------------------------------------------------------------- nanoGPT checkpoints
+
+#: nanoGPT ``model_args`` keys hessnorm's GPT understands (nanoGPT's GPTConfig fields).
+NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+
+#: Relative part of the tolerance on ``best_val_loss`` (see :func:`check_best_val_loss`).
+BEST_VAL_REL_TOL = 0.01
+
+_EVAL_BATCH = 16
+
+
+def nanogpt_eval_windows(
+    tokens, n: int, block_size: int, *, data_seed: int | None = None, resample: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Evaluation windows of a language model and the rule that chose them.
+
+    With ``data_seed=None`` and ``resample=None``: :func:`hessnorm.train.tasks.lm_windows`,
+    ``n`` windows of ``block_size + 1`` tokens with evenly spaced starts (deterministic,
+    no seed). Otherwise ``n`` window starts drawn uniformly (with replacement) from
+    ``[0, len(tokens) - block_size - 1]`` by ``numpy.random.default_rng([data_seed,
+    resample])`` (``resample`` numbers the independent sets of ``--eval-resamples``; a
+    missing one counts as 0, a missing ``data_seed`` as 0): an independent draw of the
+    evaluation set, for measuring how much a Hessian norm moves with it.
+
+    Returns:
+        ``(inputs, targets, rule)``: int64 tensors (n, T) and a one-line description.
+
+    Raises:
+        ConfigError: ``n < 1`` or a split shorter than ``block_size + 1`` tokens.
+
+    Example:
+        >>> x, y, rule = nanogpt_eval_windows(list(range(10)), 2, 3)
+        >>> x.tolist(), rule
+        ([[0, 1, 2], [6, 7, 8]], 'lm_windows: evenly spaced starts (deterministic)')
+        >>> x, y, rule = nanogpt_eval_windows(list(range(10)), 2, 3, data_seed=1)
+        >>> bool((y - x == 1).all()), rule
+        (True, 'random offsets: numpy default_rng([data_seed=1, resample=0])')
+    """
+    import numpy as np
+
+    from hessnorm.train.tasks import lm_windows
+
+    if data_seed is None and resample is None:
+        x, y = lm_windows(tokens, n, block_size)
+        return x, y, "lm_windows: evenly spaced starts (deterministic)"
+    T = int(block_size)
+    if int(n) < 1:
+        raise ConfigError(f"the number of evaluation windows must be >= 1, got {n}")
+    if len(tokens) <= T + 1:
+        raise ConfigError(
+            f"the evaluation split has {len(tokens)} tokens, fewer than block_size + 1 = {T + 1}"
+        )
+    s, r = int(data_seed or 0), int(resample or 0)
+    starts = np.random.default_rng([s, r]).integers(0, len(tokens) - T, size=int(n))
+    rows = torch.from_numpy(
+        np.stack([np.asarray(tokens[i : i + T + 1], dtype=np.int64) for i in starts.tolist()])
+    )
+    return (
+        rows[:, :-1],
+        rows[:, 1:],
+        f"random offsets: numpy default_rng([data_seed={s}, resample={r}])",
+    )
+
+
+def _nanogpt_tokens(data_dir, data) -> tuple[Any, dict, int | None]:
+    """(val tokens, description, corpus vocabulary) of the data a nanoGPT checkpoint is read on."""
+    import numpy as np
+
+    from hessnorm.train.data import load_text
+
+    if data_dir is not None:
+        val = Path(data_dir) / "val.bin"
+        if not val.is_file():
+            raise ConfigError(
+                f"--data-dir {data_dir} has no val.bin; pass the nanoGPT data folder the model "
+                "was trained on (prepare.py writes val.bin there; train.bin is not needed)"
+            )
+        if val.stat().st_size < 2:
+            raise ConfigError(f"{val} is empty: it holds no uint16 token ids")
+        tokens = np.memmap(val, dtype=np.uint16, mode="r")
+        return tokens, {"data": str(val.resolve()), "split": "val"}, None
+    if data == "builtin":
+        _, val, vocab = load_text(None)
+        return (
+            val,
+            {"data": "builtin: hessnorm's byte-level stdlib corpus", "split": "eval (last 10%)"},
+            vocab,
+        )
+    raise ConfigError(
+        "a nanoGPT checkpoint does not say which text it was trained on: pass --data-dir DIR, "
+        "the nanoGPT data folder holding its val.bin (data_dir= in Python). For a Hugging Face "
+        "model folder pass --text FILE. Only with an explicit --data builtin (data='builtin') "
+        "is the bundled byte-level corpus used; its numbers then belong to that text, not "
+        "to your model's data."
+    )
+
+
+def check_nanogpt_model_args(args: Mapping) -> list[str]:
+    """Check a nanoGPT ``model_args`` mapping; returns notes (unknown keys).
+
+    Checks what the weights' shapes cannot: ``n_embd`` divisible by ``n_head`` (the
+    head count changes the attention, hence the Hessian, without changing any
+    shape), positive sizes, ``0 <= dropout < 1``.
+
+    Raises:
+        CheckpointError: a value that no nanoGPT model can have.
+
+    Example:
+        >>> check_nanogpt_model_args({"n_layer": 2, "n_head": 4, "n_embd": 64, "foo": 1})
+        ["model_args key(s) ['foo'] are not nanoGPT GPTConfig fields and were ignored"]
+    """
+    bad = []
+    for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+        if k in args and not (isinstance(args[k], int) and args[k] >= 1):
+            bad.append(f"{k}={args[k]!r} must be a positive integer")
+    if not bad and "n_head" in args and "n_embd" in args and args["n_embd"] % args["n_head"]:
+        bad.append(f"n_embd={args['n_embd']} is not divisible by n_head={args['n_head']}")
+    if "dropout" in args and not (0.0 <= float(args["dropout"]) < 1.0):
+        bad.append(f"dropout={args['dropout']!r} is not in [0, 1)")
+    if bad:
+        raise CheckpointError("nanoGPT model_args are inconsistent: " + "; ".join(bad))
+    unknown = sorted(k for k in args if k not in NANOGPT_MODEL_ARGS)
+    notes = []
+    if unknown:
+        notes.append(
+            f"model_args key(s) {unknown} are not nanoGPT GPTConfig fields and were ignored"
+        )
+    return notes
+
+
+def _drop_mask_buffers(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
+    """Drop nanoGPT's causal-mask buffers ``*.attn.bias`` (non-flash path): buffers, not weights.
+
+    A key is dropped only when the model has no such key and the tensor is the causal
+    mask ``tril(ones(T, T))`` of shape (1, 1, T, T); anything else stays and is
+    reported as unexpected by :func:`load_state_into`.
+    """
+    own = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".attn.bias") and k not in own and v.dim() == 4 and v.shape[:2] == (1, 1):
+            T = v.shape[-1]
+            if v.shape[-2] == T and torch.equal(v[0, 0] != 0, torch.ones(T, T).tril().bool()):
+                continue
+        out[k] = v
+    return out
+
+
+def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_seed=None) -> tuple:
+    from hessnorm.train.gpt import GPT, GPTConfig, lm_loss
+    from hessnorm.train.tasks import _seeded
 
     args = dict(ckpt["model_args"])
+    notes = check_nanogpt_model_args(args)
     known = set(GPTConfig.__dataclass_fields__)
-    # every GPTConfig field explicit (nanoGPT's defaults where model_args is silent)
-    options = GPTConfig(**{k: v for k, v in args.items() if k in known}).to_dict()
-    task = build_task("gpt", options | {"data_dir": data_dir}, seed=seed)
-    model = load_state_into(task.model, ckpt["model"], "nanoGPT checkpoint")
-    batches = task.eval_batches(eval_examples)
-    top = max(int(x.max()) for x, _ in batches)
-    if top >= options["vocab_size"]:
-        raise CheckpointError(
-            f"token id {top} is outside the model's vocabulary of {options['vocab_size']}"
-        )
-    source = f"val.bin of {data_dir}" if data_dir else "the embedded byte-level corpus (eval split)"
+    config = GPTConfig(**{k: v for k, v in args.items() if k in known})
+    if eval_examples is not None and int(eval_examples) < 1:
+        raise ConfigError(f"eval_examples must be >= 1, got {eval_examples}")
+    n = int(eval_examples or 64)
+    tokens, source, corpus_vocab = _nanogpt_tokens(data_dir, data)
+    model = _seeded(seed, lambda: GPT(config))
+    state = _drop_mask_buffers(_strip_prefix(ckpt["model"]), model)
+    model = load_state_into(model, state, "nanoGPT checkpoint")
+    T = config.block_size
+
+    def batches_for(resample: int | None):
+        x, y, rule = nanogpt_eval_windows(tokens, n, T, data_seed=data_seed, resample=resample)
+        top = int(max(x.max(), y.max()))
+        if top >= config.vocab_size:
+            where = (
+                "the bundled corpus is byte-level (ids up to 255)"
+                if corpus_vocab is not None
+                else f"{source['data']} holds token ids up to at least {top}"
+            )
+            raise CheckpointError(
+                f"token id {top} is outside the model's vocabulary of {config.vocab_size}: "
+                f"{where}. The evaluation data must be tokenized like the training data: "
+                "pass --data-dir with the nanoGPT data folder the model was trained on "
+                "(a char-level model needs its own val.bin, not a GPT-2 BPE one)"
+            )
+        batches = [
+            (x[i : i + _EVAL_BATCH], y[i : i + _EVAL_BATCH]) for i in range(0, n, _EVAL_BATCH)
+        ]
+        return batches, rule
+
+    batches, rule = batches_for(None)
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else {}
+    best = ckpt.get("best_val_loss")
     meta = {
         "kind": "nanogpt",
         "task": "gpt",
-        "optimizer": str(ckpt.get("config", {}).get("optimizer", "adamw"))
-        if isinstance(ckpt.get("config"), Mapping)
-        else "adamw",
+        "optimizer": str(cfg.get("optimizer", "adamw")),
         "step": int(ckpt.get("iter_num", 0)),
         "model_args": args,
-        "data": source,
+        **source,
+        "eval_windows": n,
+        "eval_tokens": T,
+        "eval_rule": rule,
+        "data_seed": data_seed,
         "rotation": None,
+        "notes": notes,
+        "resample": lambda k: batches_for(k)[0],
+        "best_val_loss": float(best) if isinstance(best, (int, float, torch.Tensor)) else None,
+        "nanogpt_eval_windows": int(cfg.get("eval_iters", 200)) * int(cfg.get("batch_size", 12)),
     }
-    return model, batches, task.loss_fn, meta
+    return model, batches, lm_loss, meta
+
+
+def check_best_val_loss(model: nn.Module, batches, meta: Mapping) -> str | None:
+    """Compare the loss recomputed on the evaluation windows with nanoGPT's ``best_val_loss``.
+
+    nanoGPT stores ``best_val_loss`` = its ``estimate_loss()`` on the val split when
+    the checkpoint was written: the mean over ``eval_iters × batch_size`` random
+    windows (200 × 12 by default), often under bf16 autocast. Both numbers estimate
+    the same expectation, so they differ by sampling error plus precision. The
+    tolerance is ``4 · s · sqrt(1/n + 1/m) + 0.01 · best_val_loss``, with ``s`` the
+    standard deviation of the per-window losses, ``n`` our windows and ``m``
+    nanoGPT's: four standard errors of the difference (a false alarm under 1e-4 for a
+    normal difference) plus 1 % for autocast and float differences. A larger gap
+    means the weights, the architecture (e.g. a changed ``n_head``) or the data do
+    not match the training run, and the returned warning says so. One forward pass
+    over the evaluation set; no HVP.
+
+    Returns:
+        A warning, or None (also when the checkpoint has no ``best_val_loss`` or the
+        data is not its val split).
+    """
+    best = meta.get("best_val_loss")
+    if best is None or meta.get("split") != "val" or not math.isfinite(best):
+        return None
+    device = next(model.parameters()).device
+    per_window = []
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x.to(device))
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            ce = F.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")
+            per_window += ce.mean(dim=1).double().cpu().tolist()
+    n = len(per_window)
+    mean = sum(per_window) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in per_window) / max(n - 1, 1))
+    m = max(int(meta.get("nanogpt_eval_windows") or 2400), 1)
+    tol = 4 * sd * math.sqrt(1 / n + 1 / m) + BEST_VAL_REL_TOL * abs(best)
+    if abs(mean - best) <= tol:
+        return None
+    return (
+        f"warning: the loss recomputed on the evaluation windows ({mean:.4f}) differs from the "
+        f"checkpoint's best_val_loss ({best:.4f}) by more than the tolerance {tol:.4f}: the "
+        "model_args (e.g. n_head), the weights or the data may not be what the run used"
+    )
 
 
 def load(
@@ -249,6 +505,7 @@ def load(
     seed: int = 0,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    data_seed: int | None = None,
 ) -> tuple[nn.Module, list, Callable, dict]:
     """Rebuild ``(model, batches, loss_fn, meta)`` from a checkpoint file.
 
@@ -257,7 +514,9 @@ def load(
             ``.pt``/``.pth`` or a ``.safetensors`` file.
         model: for state_dicts, ``"module:factory"`` building the model (no args).
         data: for state_dicts, ``"module:function"`` returning the evaluation
-            batches (a list of ``(inputs, targets)``).
+            batches (a list of ``(inputs, targets)``); for nanoGPT checkpoints
+            ``"builtin"`` reads the bundled byte-level corpus (only when asked: a
+            nanoGPT checkpoint without ``data_dir`` or ``data="builtin"`` is an error).
         loss: ``"module:function"`` for the batch-mean loss (default cross-entropy).
         task: a trainer task name, instead of ``model``/``data`` for state_dicts.
         data_dir: nanoGPT data folder with ``val.bin`` (nanoGPT checkpoints), or the
@@ -267,8 +526,16 @@ def load(
         seed: seeds the model a task builds before the weights are loaded (the
             evaluation set of every task is deterministic and does not depend on it).
         device, dtype: where and in which precision the model is returned.
+        data_seed: language models (nanoGPT, hessnorm gpt runs): None (default) keeps
+            the deterministic :func:`~hessnorm.train.tasks.lm_windows` rule; an int draws
+            random window offsets with it (:func:`nanogpt_eval_windows`).
 
-    ``meta`` always holds ``kind``, ``task``, ``optimizer``, ``step``, ``rotation``.
+    ``meta`` always holds ``kind``, ``task``, ``optimizer``, ``step``, ``rotation``,
+    ``notes`` (list of str) and the evaluation data: ``data``, ``split``,
+    ``eval_windows``, ``eval_tokens``, ``eval_rule``, ``data_seed``; ``resample`` is
+    a function ``k -> batches`` of the k-th independent evaluation set (language
+    models) or None. A nanoGPT checkpoint's recomputed loss is compared with its
+    ``best_val_loss`` (:func:`check_best_val_loss`); a warning goes into ``notes``.
 
     Raises:
         CheckpointError: unreadable, unrecognised or mismatched checkpoints.
@@ -296,7 +563,12 @@ def load(
         meta = {**meta, "kind": "hessnorm-run"}
     elif kind == "nanogpt":
         net, batches, loss_fn, meta = _load_nanogpt(
-            state, data_dir=data_dir, eval_examples=eval_examples, seed=seed
+            state,
+            data_dir=data_dir,
+            data=data,
+            eval_examples=eval_examples,
+            seed=seed,
+            data_seed=data_seed,
         )
     else:
         if "state_dict" in state and _is_tensor_dict(state["state_dict"]):
@@ -316,8 +588,78 @@ def load(
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
     net.eval()
-    meta = {"checkpoint": str(path), **meta}
+    meta = {"checkpoint": str(path), **_data_meta(meta, eval_examples, data_seed, batches)}
+    if kind == "nanogpt":
+        warning = check_best_val_loss(net, batches, meta)
+        if warning:
+            meta["notes"] = [*meta["notes"], warning]
     return net, batches, loss_fn, meta
+
+
+def _data_meta(meta: dict, eval_examples, data_seed, batches) -> dict:
+    """Fill the evaluation-data keys of ``meta`` for kinds whose loader did not."""
+    meta = {"notes": [], "resample": None, **meta}
+    if "eval_rule" in meta:
+        return meta
+    if meta.get("kind") == "hessnorm-run" and meta.get("task") == "gpt":
+        return _gpt_run_data(meta, eval_examples, data_seed, batches)
+    if data_seed is not None:
+        raise ConfigError(
+            f"data_seed (--data-seed / --eval-resamples) chooses language-model windows; a "
+            f"{meta.get('kind')} checkpoint of task {meta.get('task')!r} has a fixed "
+            "evaluation set"
+        )
+    n = sum(len(x) for x, _ in batches) if isinstance(batches, list) else None
+    if meta.get("kind") == "hessnorm-run":
+        opts = meta.get("task_options") or {}
+        data = opts.get("data_dir") or f"built-in data of task {meta.get('task')}"
+        rule = f"task {meta.get('task')}'s fixed evaluation split"
+    else:
+        data = "user data (--data)" if meta.get("task") == "user" else f"task {meta.get('task')}"
+        rule = "as given" if meta.get("task") == "user" else "the task's fixed evaluation split"
+    return {
+        **meta,
+        "data": str(data),
+        "split": "eval",
+        "eval_windows": n,
+        "eval_tokens": None,
+        "eval_rule": rule,
+        "data_seed": None,
+    }
+
+
+def _gpt_run_data(meta: dict, eval_examples, data_seed, batches) -> dict:
+    """Evaluation data of a hessnorm gpt run, and independent resamples of it."""
+    from hessnorm.train.data import load_text
+
+    opts = meta.get("task_options") or {}
+    _, val, _ = load_text(opts.get("data_dir"))
+    n = sum(len(x) for x, _ in batches)
+    T = int(batches[0][0].shape[1])
+    device = batches[0][0].device
+
+    def resample(k):
+        x, y, _ = nanogpt_eval_windows(val, n, T, data_seed=data_seed, resample=k)
+        x, y = x.to(device), y.to(device)
+        return [(x[i : i + _EVAL_BATCH], y[i : i + _EVAL_BATCH]) for i in range(0, n, _EVAL_BATCH)]
+
+    rule = "lm_windows: evenly spaced starts (deterministic)"
+    if data_seed is not None:
+        batches[:] = resample(None)
+        rule = nanogpt_eval_windows(val, 1, T, data_seed=data_seed)[2]
+    data = opts.get("data_dir")
+    return {
+        **meta,
+        "data": str(Path(data) / "val.bin")
+        if data
+        else "builtin: hessnorm's byte-level stdlib corpus",
+        "split": "val" if data else "eval (last 10%)",
+        "eval_windows": n,
+        "eval_tokens": T,
+        "eval_rule": rule,
+        "data_seed": data_seed,
+        "resample": resample,
+    }
 
 
 def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed):

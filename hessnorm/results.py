@@ -165,6 +165,11 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
 }
 
 # The columns of an analyze row, in order (``hessnorm analyze --out`` writes them).
+# ``loss``/``grad_norm``: the mean loss and ‖∇L‖₂ at the checkpoint over the evaluation
+# set; ``data``..``data_seed``: that evaluation set (file, split, windows × tokens, the
+# rule choosing them and its seed). Every interval (low, high) is conditional on that
+# set; ``eval_sd``/``eval_min``/``eval_max`` are the spread of the estimate over
+# ``eval_resamples`` independent evaluation sets (``analyze --eval-resamples K``).
 COLUMNS = [
     "checkpoint",
     "kind",
@@ -172,6 +177,8 @@ COLUMNS = [
     "task",
     "optimizer",
     "step",
+    "loss",
+    "grad_norm",
     "estimator",
     "metric",
     "bound",
@@ -185,10 +192,29 @@ COLUMNS = [
     "n_hvp",
     "seconds",
     "d",
+    "data",
+    "split",
+    "eval_windows",
+    "eval_tokens",
+    "eval_rule",
+    "data_seed",
+    "eval_resamples",
+    "eval_sd",
+    "eval_min",
+    "eval_max",
     "details",
 ]
 NUMERIC_COLUMNS = (
     "step",
+    "loss",
+    "grad_norm",
+    "eval_windows",
+    "eval_tokens",
+    "data_seed",
+    "eval_resamples",
+    "eval_sd",
+    "eval_min",
+    "eval_max",
     "value",
     "value_per_dim",
     "low",

@@ -71,16 +71,22 @@ def _nanogpt_checkpoint(path, compiled=True):
     return model
 
 
-def test_nanogpt_checkpoint_analyzes_without_extra_arguments(tmp_path):
+def test_nanogpt_checkpoint_analyzes_with_builtin_data(tmp_path):
     path = tmp_path / "ckpt.pt"
     model = _nanogpt_checkpoint(path)
     assert detect(path) == "nanogpt"
-    net, batches, loss_fn, meta = load(path, eval_examples=8)
-    assert meta["kind"] == "nanogpt" and meta["step"] == 250 and "embedded" in meta["data"]
+    net, batches, loss_fn, meta = load(path, eval_examples=8, data="builtin")
+    assert meta["kind"] == "nanogpt" and meta["step"] == 250 and "builtin" in meta["data"]
     for k, v in model.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
     df = hn.analyze(
-        [path], estimators="spectral", eval_examples=8, progress=False, log=False, tol=1e-3
+        [path],
+        estimators="spectral",
+        eval_examples=8,
+        progress=False,
+        log=False,
+        tol=1e-3,
+        data="builtin",
     )
     assert list(df["kind"]) == ["nanogpt"] and df["step"].iloc[0] == 250
     op = hn.HessianOperator.from_module(net, loss_fn, batches)
@@ -204,7 +210,7 @@ def test_same_weights_in_three_formats_give_identical_analyze_rows(tmp_path):
     kw |= dict(progress=False, log=False)
     rows = [
         hn.analyze(run_ckpt, **kw),
-        hn.analyze(nano, **kw),
+        hn.analyze(nano, data="builtin", **kw),
         hn.analyze(st, task="gpt", **kw),
     ]
     assert [r["kind"].iloc[0] for r in rows] == ["hessnorm-run", "nanogpt", "state_dict"]
@@ -232,7 +238,7 @@ def test_lm_windows_is_the_rule_of_every_lm_format(tmp_path):
     # ... and a nanoGPT checkpoint of the same config gets exactly these windows
     path = tmp_path / "ckpt.pt"
     _nanogpt_checkpoint(path)
-    _, nb, _, _ = load(path, eval_examples=20)
+    _, nb, _, _ = load(path, eval_examples=20, data="builtin")
     x2, _ = lm_windows(val, 20, 16)
     assert torch.equal(torch.cat([b[0] for b in nb]), x2)
 

@@ -60,9 +60,10 @@ from hessnorm.report.inputs import (
     _label_runs,
     _opt_rank,
     _run_keys,
+    dedupe_checkpoints,
     load_input,
 )
-from hessnorm.report.tables import _norms_display, _runs_table, norms_table
+from hessnorm.report.tables import _fmt, _norms_display, _runs_table, norms_table
 
 __all__ = [
     "make_report",
@@ -135,7 +136,7 @@ def make_report(
     _label_runs(runs)
     results = pd.concat(frames, ignore_index=True) if frames else None
     if results is not None:
-        results = _run_keys(results, runs)
+        results = _run_keys(dedupe_checkpoints(results), runs)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +202,7 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
         "analysed in their own coordinates, as in paper 000, Table 2."
     )
     doc.table(_norms_display(table), "norms.csv", table)
+    _evaluation_data(doc, table)
 
     traj = _trajectory_figure(results, colors)
     if traj is not None:
@@ -208,7 +210,10 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
         doc.h(2, "Estimates along training")
         doc.p(
             "Each bound H(L, Φ) divided by d (the `estimate / d` column above) against the "
-            "step of the checkpoint it was computed at; error bars are the estimator's interval."
+            "step of the checkpoint it was computed at, one line per run; error bars are the "
+            "estimator's interval (conditional on the evaluation set) and, where the results "
+            "have `--eval-resamples`, a wider light bar of ± one standard deviation across "
+            "independent evaluation sets."
         )
         doc.image("trajectories.png", png, "Hessian-norm estimates against training step")
         atomic_write_bytes(doc.out_dir / "trajectories.csv", data.to_csv(index=False).encode())
@@ -222,13 +227,47 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
         doc.h(2, "Which tensors carry the (1,1)-norm")
         doc.p(
             "Share of ‖H‖₁,₁ = Σᵢⱼ|Hᵢⱼ| summed over the rows i of each tensor (the `per_tensor` "
-            f"details of the `l11` estimator) at each run's last checkpoint; top {_TOP_TENSORS} "
-            "tensors shown. Rotated estimates are left out: their coordinates are not tensors."
+            f"details of the `l11` estimator) at the last analysed checkpoint of each run (one "
+            f"panel per checkpoint file, its path in the title); top {_TOP_TENSORS} tensors "
+            "shown, with their parameter counts. Error bars: a conservative 95% interval — "
+            "each row's median has asymptotic standard error π/(2√n) times its value (n Cauchy "
+            "probes), and the standard error of a sum is at most the sum of the standard "
+            "errors whatever their correlation. Rotated estimates are left out: their "
+            "coordinates are not tensors."
         )
         doc.image("l11_per_tensor.png", _per_tensor_figure(shares, colors), "per-tensor share")
-        top = shares.groupby("label", sort=False).head(5)
-        display = top.assign(share=(100 * top["share"]).map(lambda v: f"{v:.1f}%"))
+        top = shares.groupby("checkpoint", sort=False).head(5)
+        pct = lambda c: (100 * top[c]).map(lambda v: f"{v:.1f}%")  # noqa: E731
+        display = top.assign(
+            share=pct("share"), share_low=pct("share_low"), share_high=pct("share_high")
+        )
         doc.table(display, "l11_per_tensor.csv", shares)
+
+
+def _evaluation_data(doc: _Doc, table: pd.DataFrame) -> None:
+    """List the evaluation set and loss of every checkpoint in the norms table."""
+    if "data" not in table.columns or not table["data"].astype(str).str.len().gt(0).any():
+        return
+    items = []
+    for ckpt, g in table.groupby("checkpoint", sort=False):
+        r = g.iloc[0]
+        size = f"{_fmt(r['eval_windows'])} examples"
+        if not pd.isna(r["eval_tokens"]):
+            size = f"{_fmt(r['eval_windows'])} windows × {_fmt(r['eval_tokens'])} tokens"
+        seed = "" if pd.isna(r["data_seed"]) else f", data seed {_fmt(r['data_seed'])}"
+        loss = "" if pd.isna(r["loss"]) else f"; loss {_fmt(r['loss'])}"
+        grad = "" if pd.isna(r["grad_norm"]) else f", ‖∇L‖₂ {_fmt(r['grad_norm'])}"
+        items.append(
+            f"`{ckpt}` (run `{r['run'] or '—'}`, step {_fmt(r['step'])}): `{r['data']}` "
+            f"(split {r['split']}), {size}, {r['eval_rule']}{seed}{loss}{grad}"
+        )
+    doc.p(
+        "Evaluation data of each checkpoint above. Every interval is conditional on this "
+        "evaluation set: it covers the Hessian of the mean loss over these examples, not the "
+        "variation from drawing other examples (the `± eval sets` column, where present, "
+        "shows that: one standard deviation of the bound over independent evaluation sets)."
+    )
+    doc.ul(items)
 
 
 def _section_l0l1(doc: _Doc, runs: list[RunData]) -> None:

@@ -218,6 +218,7 @@ def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
             lo = (g["bound_low"] / d).fillna(y)
             hi = (g["bound_high"] / d).fillna(y)
             yerr = np.vstack([(y - lo).clip(lower=0), (hi - y).clip(lower=0)])
+            _eval_spread_bars(ax, g, y, colors[label])
             ax.errorbar(
                 g["step"],
                 y,
@@ -239,8 +240,11 @@ def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    spread = "eval_sd" in df.columns and df["eval_sd"].notna().any()
     fig.suptitle(
-        "Hessian-norm estimates along training (error bars: estimator interval)", fontsize=11
+        "Hessian-norm estimates along training (error bars: estimator interval"
+        + ("; light bars: ± 1 sd over independent evaluation sets)" if spread else ")"),
+        fontsize=11,
     )
     # One legend for all panels: the runs are the same in each.
     handles, names = {}, []
@@ -272,6 +276,19 @@ def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
     return _finish(fig, rect=(0, legend_h + 0.01, 1, 1)), data
 
 
+def _eval_spread_bars(ax, g: pd.DataFrame, y: pd.Series, color) -> None:
+    """Light wide bars: ± one sd of the bound / d over independent evaluation sets."""
+    if "eval_sd" not in g.columns or not g["eval_sd"].notna().any():
+        return
+    factor = g["bound_per_dim"] / g["value"].where(g["value"] != 0)
+    sd = (g["eval_sd"] * factor).fillna(0.0)
+    ax.errorbar(g["step"], y, yerr=sd, fmt="none", elinewidth=7, alpha=0.25, color=color, capsize=0)
+
+
+#: Two-sided 95% normal quantile for the per-tensor share bars.
+_Z95 = 1.959963984540054
+
+
 def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
     """Rows ``label, step, tensor, share`` from the ``per_tensor`` details of l11 rows.
 
@@ -294,42 +311,100 @@ def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
         total = sum(vals.values())
         if not total > 0:
             continue
+        rel = _per_tensor_rel_se(details)
+        sizes = details.get("tensor_sizes") or {}
         for k, v in vals.items():
             # The contract says "share"; normalize anyway so absolute sums also read right.
-            out.append({"label": r.label, "step": r.step, "tensor": k, "share": v / total})
+            share = v / total
+            out.append(
+                {
+                    "label": r.label,
+                    "checkpoint": r.checkpoint,
+                    "step": r.step,
+                    "tensor": k,
+                    "size": sizes.get(k),
+                    "share": share,
+                    "share_low": max(0.0, share * (1 - _Z95 * rel)),
+                    "share_high": share * (1 + _Z95 * rel),
+                }
+            )
+    cols = ["label", "checkpoint", "step", "tensor", "size", "share", "share_low", "share_high"]
     if not out:
-        return pd.DataFrame(columns=["label", "step", "tensor", "share"])
-    df = pd.DataFrame(out).sort_values(["label", "share"], ascending=[True, False])
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(out, columns=cols)
+    df = df.sort_values(["label", "checkpoint", "share"], ascending=[True, True, False])
     return df.reset_index(drop=True)
 
 
+def _per_tensor_rel_se(details: dict) -> float:
+    """A conservative relative standard error of every per-tensor sum of an l11 estimate.
+
+    Each row's Cauchy median m_i = median_k |(H z_k)_i| of n probes has asymptotic
+    standard error π m_i / (2√n) (|X| for X ~ Cauchy(0, γ) has median γ and density
+    1/(πγ) there). The standard error of a sum is at most the sum of the standard
+    errors, whatever the correlation between rows (Cauchy-Schwarz), so a tensor's
+    sum S has relative standard error at most π/(2√n). NaN when the details lack n or
+    the method is not ``median`` (no such bound is derived for the others).
+
+    Example:
+        >>> round(_per_tensor_rel_se({"n": 100, "method": "median"}), 4)
+        0.1571
+    """
+    n = details.get("n")
+    if not isinstance(n, (int, float)) or n < 1 or details.get("method", "median") != "median":
+        return math.nan
+    return math.pi / (2 * math.sqrt(n))
+
+
 def _per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
-    labels = list(dict.fromkeys(shares["label"]))
-    ncol = 1 if len(labels) == 1 else 2
-    nrow = math.ceil(len(labels) / ncol)
-    n_bars = min(_TOP_TENSORS, int(shares.groupby("label").size().max()))
-    fig = _new_figure(7.5 * ncol, (0.28 * n_bars + 1.4) * nrow)
+    """One panel per checkpoint file (never merged by label or file name)."""
+    keys = list(dict.fromkeys(zip(shares["label"], shares["checkpoint"])))
+    ncol = 1 if len(keys) == 1 else 2
+    nrow = math.ceil(len(keys) / ncol)
+    n_bars = min(_TOP_TENSORS, int(shares.groupby("checkpoint").size().max()))
+    fig = _new_figure(8.0 * ncol, (0.3 * n_bars + 1.6) * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax, label in zip(axes, labels):
-        g = shares[shares["label"] == label].sort_values("share", ascending=False)
+    for ax, (label, ckpt) in zip(axes, keys):
+        g = shares[(shares["label"] == label) & (shares["checkpoint"] == ckpt)]
+        g = g.sort_values("share", ascending=False)
         top = g.head(_TOP_TENSORS)
-        rest = g["share"].iloc[_TOP_TENSORS:].sum()
+        rest = max(0.0, 1.0 - float(top["share"].sum()))
         y = np.arange(len(top))[::-1]
-        ax.barh(y, 100 * top["share"], color=colors.get(label, "C0"))
-        ax.set_yticks(y, top["tensor"], fontsize=8)
-        for yi, v in zip(y, top["share"]):
-            ax.text(100 * v, yi, f" {100 * v:.1f}%", va="center", fontsize=7)
-        ax.set_xlim(0, 100 * float(top["share"].max()) * 1.18)
+        err = np.vstack(
+            [
+                (top["share"] - top["share_low"]).fillna(0).clip(lower=0),
+                (top["share_high"] - top["share"]).fillna(0).clip(lower=0),
+            ]
+        )
+        ax.barh(
+            y,
+            100 * top["share"],
+            xerr=100 * err,
+            color=colors.get(label, "C0"),
+            error_kw=dict(ecolor="0.25", capsize=2, lw=0.8),
+        )
+        names = [
+            f"{t} ({int(n):,})" if n is not None and not pd.isna(n) else str(t)
+            for t, n in zip(top["tensor"], top["size"])
+        ]
+        ax.set_yticks(y, names, fontsize=7.5)
+        for yi, v, hi in zip(y, top["share"], top["share_high"].fillna(top["share"])):
+            ax.text(100 * hi, yi, f" {100 * v:.1f}%", va="center", fontsize=7)
+        ax.set_xlim(0, 100 * float(top["share_high"].fillna(top["share"]).max()) * 1.22)
         step = g["step"].iloc[0]
-        title = f"{label}" + ("" if pd.isna(step) else f", step {int(step)}")
+        title = f"{label}" + ("" if pd.isna(step) else f", step {int(step)}") + f"\n{ckpt}"
         if len(g) > len(top):
             title += f"\n(top {len(top)} of {len(g)} tensors; the rest: {100 * rest:.1f}%)"
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("share of ‖H‖₁,₁ (%), summed over the tensor's rows")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("share of ‖H‖₁,₁ (%), summed over the tensor's rows (parameters)")
         ax.grid(True, axis="x", alpha=0.3)
-    for ax in axes[len(labels) :]:
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    fig.suptitle("Which tensors carry the (1,1)-norm (last checkpoint)", fontsize=11)
+    fig.suptitle(
+        "Which tensors carry the (1,1)-norm at the last analysed checkpoint of each run "
+        "(error bars: conservative 95%)",
+        fontsize=10,
+    )
     return _finish(fig)
 
 

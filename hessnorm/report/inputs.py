@@ -19,7 +19,14 @@ import pandas as pd
 from hessnorm.errors import ConfigError
 from hessnorm.results import COLUMNS, ESTIMATORS, NUMERIC_COLUMNS
 
-__all__ = ["RunData", "load_input", "RESULT_COLUMNS", "RESULT_REQUIRED", "SMOOTH_COLUMNS"]
+__all__ = [
+    "RunData",
+    "load_input",
+    "dedupe_checkpoints",
+    "RESULT_COLUMNS",
+    "RESULT_REQUIRED",
+    "SMOOTH_COLUMNS",
+]
 
 RESULT_REQUIRED = ("checkpoint", "estimator", "value")
 RESULT_COLUMNS = tuple(COLUMNS)  # the columns `hessnorm analyze` writes (results.COLUMNS)
@@ -268,9 +275,45 @@ def _run_keys(results: pd.DataFrame, runs: list[RunData]) -> pd.DataFrame:
             label[k] = b
         else:
             label[k] = f"{b} ({Path(k).name or k})"
-    # Runs named after the same folder in different results files would still collide.
+    # Runs named after the same folder (a/out, b/out) still collide: use the full key.
+    counts = pd.Series(list(label.values())).value_counts()
+    label = {k: (k if counts[v] > 1 and k not in by_name else v) for k, v in label.items()}
     df["label"] = df["run_key"].map(label)
     return df
+
+
+#: Columns that identify one estimate: the same checkpoint, estimator, rotation and
+#: evaluation set read from two results files is one estimate.
+IDENTITY_COLUMNS = (
+    "checkpoint",
+    "estimator",
+    "rotation",
+    "data",
+    "split",
+    "eval_windows",
+    "eval_rule",
+)
+
+
+def dedupe_checkpoints(results: pd.DataFrame) -> pd.DataFrame:
+    """Keep one row per estimate when results files overlap (the last file read wins).
+
+    Checkpoint paths are compared after resolving them (``out/ckpt.pt`` and
+    ``./out/ckpt.pt`` are one file); files that merely share a name
+    (``a/ckpt.pt``, ``b/ckpt.pt``) stay apart.
+
+    Example:
+        >>> df = pd.DataFrame({"checkpoint": ["a/ckpt.pt", "./a/ckpt.pt", "b/ckpt.pt"],
+        ...                    "estimator": ["l11"] * 3, "value": [1.0, 1.1, 2.0]})
+        >>> dedupe_checkpoints(df)["value"].tolist()
+        [1.1, 2.0]
+    """
+    df = results.copy()
+    resolved = df["checkpoint"].map(lambda c: str(Path(c).resolve()) if c else c)
+    keys = [c for c in IDENTITY_COLUMNS if c in df.columns and c != "checkpoint"]
+    key = pd.concat([resolved.rename("_ckpt"), df[keys].astype(str)], axis=1)
+    keep = ~key.duplicated(keep="last")
+    return df[keep.to_numpy()].reset_index(drop=True)
 
 
 def _colors(labels: Iterable[str]) -> dict[str, Any]:

@@ -41,8 +41,9 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``label, optimizer, run, step, checkpoint, estimator,
         metric, bound, rotation, bound_value, bound_low, bound_high, bound_per_dim,
-        value, low, high, confidence, value_per_dim, d, n_hvp, seconds``, ordered by
-        optimizer then estimator.
+        value, low, high, confidence, value_per_dim, d, n_hvp, seconds``, then the
+        loss and evaluation-set columns of :data:`hessnorm.results.COLUMNS` (``loss`` ..
+        ``eval_max``), ordered by optimizer then estimator.
 
     Example:
         >>> rows = pd.DataFrame({"checkpoint": ["r/ckpt_000010.pt", "r/ckpt_000020.pt"],
@@ -92,7 +93,22 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         "d",
         "n_hvp",
         "seconds",
+        "loss",
+        "grad_norm",
+        "data",
+        "split",
+        "eval_windows",
+        "eval_tokens",
+        "eval_rule",
+        "data_seed",
+        "eval_resamples",
+        "eval_sd",
+        "eval_min",
+        "eval_max",
     ]
+    for c in cols:  # DataFrames from older producers may lack the evaluation columns
+        if c not in out.columns:
+            out[c] = pd.NA
     out = out[cols].reset_index(drop=True)
     out["step"] = out["step"].astype("Int64")
     out["d"] = out["d"].astype("Int64")
@@ -142,12 +158,25 @@ def _norms_display(table: pd.DataFrame) -> pd.DataFrame:
                 "estimate / d": _fmt(r.bound_per_dim),
                 "d": _fmt(d),
                 "HVPs": _fmt(r.n_hvp),
+                "loss": _fmt(r.loss),
+                "± eval sets": _eval_spread(r),
             }
         )
     out = pd.DataFrame(rows)
     if not out.empty and (out["rotation"] == "").all():
         out = out.drop(columns="rotation")
+    for c in ("loss", "± eval sets"):
+        if not out.empty and (out[c] == "").all():
+            out = out.drop(columns=c)
     return out
+
+
+def _eval_spread(r) -> str:
+    """± one sd of the bound over independent evaluation sets (``--eval-resamples K``)."""
+    if pd.isna(r.eval_sd) or pd.isna(r.eval_resamples) or not r.eval_resamples:
+        return ""
+    factor = r.bound_value / r.value if r.value else float("nan")
+    return f"±{_fmt(r.eval_sd * factor)} (sd, {int(r.eval_resamples)} sets)"
 
 
 def _runs_table(runs: list[RunData]) -> pd.DataFrame:
