@@ -439,7 +439,8 @@ def _per_pair(
                 )
                 _, c_high = _pair_bound_from_state(st, bop.d, delta, eta)
                 theta, S, _ = _ritz(st.alpha, st.beta)
-                y = (S[:, -1].to(st.basis.device) @ st.basis.double()).to(op.dtype)
+                y = st.basis.combine(S[:, -1:].T)[0].to(op.dtype)
+                st.basis.close()
                 Y = bop._full(_embed(y[:, None], cols, d, op.dtype, op.device)[0])
                 n_hvp += bop.n_hvp
                 col_low = _block_col_norms(Y[:, None], labels, B).cpu() / (1 + eta)
