@@ -53,6 +53,7 @@ from hessnorm.estimators._krylov import (
     start_radius,
     tridiag_eig,
 )
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.lanczos import _ritz, lanczos, spectral_norm
 from hessnorm.operator import as_operator
 from hessnorm.partition import Partition
@@ -338,8 +339,6 @@ def _per_pair(
     progress,
     t0,
 ):
-    from tqdm.auto import tqdm
-
     B, d = partition.n_blocks, op.d
     blocks = partition.blocks()
     sizes = partition.sizes.tolist()
@@ -390,12 +389,13 @@ def _per_pair(
     high = torch.full((B, B), math.inf, dtype=torch.float64)
     n_hvp = 0
     seeds = torch.randint(0, 2**62, (B * B + B + 1,), generator=torch.Generator().manual_seed(seed))
-    with tqdm(
-        total=n_max,
-        desc="blockwise_smoothness (HVPs, at most)",
-        disable=not progress,
-        leave=False,
-        unit="HVP",
+    with progress_bar(
+        n_max,
+        "blockwise_smoothness (HVPs, at most)",
+        enabled=progress,
+        upper=True,
+        advice="a coarser partition, pairs='diagonal' or a small int (top-m pairs), "
+        "a looser pair_tol or a smaller max_pair_iter; dry_run=True shows the plan",
     ) as bar:
         # 1. exact block columns: identity columns, many blocks per batched HVP call
         group: list[int] = []
@@ -471,8 +471,7 @@ def _per_pair(
             n_hvp += bop.n_hvp
             low[a, b] = low[b, a] = max(float(low[a, b]), lo_ab)
             high[a, b] = high[b, a] = min(float(high[a, b]), hi_ab)
-        bar.total = n_hvp
-        bar.refresh()
+        bar.set_total(n_hvp)
     S_value = float((w * low).sum())
     S_high = float((w * high).sum())
     sz = partition.sizes.double()

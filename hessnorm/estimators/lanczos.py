@@ -53,6 +53,7 @@ from hessnorm.estimators._krylov import (
     start_radius,
     tridiag_eig,
 )
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import as_operator
 
 __all__ = [
@@ -443,9 +444,13 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
 
 
 def _bar(progress: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="HVP")
+    return progress_bar(
+        total,
+        desc,
+        enabled=progress,
+        upper=True,
+        advice="a smaller max_iter or a looser tol (the interval is then wider)",
+    )
 
 
 def _confidence_arg(confidence: float) -> float:
