@@ -51,6 +51,10 @@ def _H(d=12):
     return A + A.T
 
 
+def _op(name, clock, cost):
+    return SlowOp(_H(390 if "exact" in name else 12), clock, cost)
+
+
 def _slow_warnings(record):
     return [w for w in record if issubclass(w.category, SlowRunWarning)]
 
@@ -60,14 +64,25 @@ RUNS = {
     "top_eigenpairs": lambda op: top_eigenpairs(op, 2, max_iter=50, progress=False),
     "l11_norm": lambda op: l11_norm(op, n=40, chunk_size=4, progress=False),
     "blockwise_smoothness": lambda op: blockwise_smoothness(
-        op, Partition.from_labels([0] * 6 + [1] * 6), exact_threshold=0, progress=False
+        op,
+        Partition.from_labels([0] * 6 + [1] * 6),
+        exact_threshold=0,
+        pairs="diagonal",
+        progress=False,
+    ),
+    # identity block columns, in batches of at most 256 HVPs
+    "blockwise_smoothness (exact columns)": lambda op: blockwise_smoothness(
+        op,
+        Partition.from_labels([0] * 130 + [1] * 130 + [2] * 130),
+        exact_threshold=10**6,
+        progress=False,
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_slow_run_warns_once_with_projection_and_advice(clock, name):
-    op = SlowOp(_H(), clock, cost=100.0)  # 100 s per HVP: any plan of > 6 HVPs is slow
+    op = _op(name, clock, 100.0)  # 100 s per HVP: any plan of > 6 HVPs is slow
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         RUNS[name](op)
@@ -79,26 +94,38 @@ def test_slow_run_warns_once_with_projection_and_advice(clock, name):
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_fast_run_does_not_warn(clock, name):
-    op = SlowOp(_H(), clock, cost=1.0)  # 1 s per HVP: every plan here is < 10 minutes
+    op = _op(name, clock, 0.1)  # 0.1 s per HVP: every plan here is < 10 minutes
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         RUNS[name](op)
     assert _slow_warnings(record) == []
 
 
-def test_projection_uses_the_first_update(clock):
+def test_projection_uses_the_second_update(clock):
+    """The first update's one-off cost counts once, not for every remaining unit."""
     with pytest.warns(
-        SlowRunWarning, match=r"first 2 HVP\(s\) took 20 s.*300 would take about 50 min"
+        SlowRunWarning, match=r"4 HVP\(s\) took 100 s \(10 s each\).*300 would take about 51 min"
     ):
         with progress_bar(300, "x", enabled=False) as bar:
-            clock.t = 20.0
+            clock.t = 80.0  # first two HVPs: graph building makes them slow
             bar.update(2)
-            assert bar.projected == pytest.approx(3000.0)
+            assert bar.projected is None
+            clock.t = 100.0
+            bar.update(2)
+            assert bar.projected == pytest.approx(100.0 + 296 * 10.0)
             clock.t = 1e6  # later updates do not warn again
             bar.update(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with progress_bar(300, "z", enabled=False) as bar:
+            clock.t += 200.0  # a slow first HVP, then fast ones: no warning
+            bar.update(1)
+            clock.t += 1.0
+            bar.update(1)
+            assert bar.projected == pytest.approx(201.0 + 298.0)
     with pytest.warns(SlowRunWarning, match=r"at most \(it stops when converged\).*fewer"):
         with progress_bar(10, "y", enabled=False, upper=True, advice="fewer") as bar:
-            clock.t += 1000.0
+            clock.t += 1000.0  # the first unit alone is over the threshold
             bar.update(1)
 
 

@@ -1,12 +1,13 @@
 """Progress bars with a time projection, shared by the estimators.
 
 Every estimator counts its work (HVPs, or gradients for local smoothness) in a tqdm
-bar whose total is the planned count, so tqdm shows done / total and an ETA. After
-the first update the bar also projects the whole run: (seconds since the bar opened
-/ units done) × total. When that exceeds :data:`WARN_SECONDS` (10 minutes) it emits
-one :class:`SlowRunWarning` naming the projected time and how to cut it, whether or
-not the bar is shown. The first unit includes one-off costs (graph building, a
-forward-mode trial), so the projection errs on the long side.
+bar whose total is the planned count, so tqdm shows done / total and an ETA. At
+the second update the bar also projects the whole run: the time so far plus the
+remaining units at the rate of the second update (the first one carries one-off
+costs such as building the gradient graph or the forward-mode trial, and would
+overstate the rest). When the projection exceeds :data:`WARN_SECONDS` (10 minutes)
+it emits one :class:`SlowRunWarning` naming it and how to cut it, whether or not the
+bar is shown; a first update that alone passes :data:`WARN_SECONDS` warns at once.
 
 Usage (one line around the loop that does the work)::
 
@@ -69,24 +70,37 @@ class ProgressBar:
         self.done = 0
         self.projected: float | None = None
         self._t0 = _clock()
+        self._first: tuple[int, float] | None = None  # (units, clock) at the first update
 
     def update(self, n: int = 1) -> None:
-        """Record ``n`` more units; after the first, project the run and maybe warn."""
+        """Record ``n`` more units; at the second update, project the run and maybe warn."""
+        if n <= 0:
+            return
         self.done += int(n)
         self.bar.update(n)
-        if self.projected is None and self.done > 0:
-            per = (_clock() - self._t0) / self.done
-            self.projected = per * max(self.total, self.done)
-            if self.projected > WARN_SECONDS:
-                cap = " at most (it stops when converged)" if self.upper else ""
-                warnings.warn(
-                    f"{self.desc}: the first {self.done} {self.unit}(s) took "
-                    f"{_fmt_seconds(per * self.done)}, so the planned {self.total} would take "
-                    f"about {_fmt_seconds(self.projected)}{cap}. To cut it: "
-                    f"{self.advice or 'plan fewer ' + self.unit + 's'}.",
-                    SlowRunWarning,
-                    stacklevel=3,
-                )
+        if self.projected is not None:
+            return
+        now = _clock()
+        if self._first is None:
+            self._first = (self.done, now)
+            if now - self._t0 > WARN_SECONDS and self.done < self.total:
+                self._project(now - self._t0, (now - self._t0) / self.done)
+            return
+        per = (now - self._first[1]) / (self.done - self._first[0])
+        self._project(now - self._t0, per)
+
+    def _project(self, elapsed: float, per: float) -> None:
+        self.projected = elapsed + per * max(0, self.total - self.done)
+        if self.projected > WARN_SECONDS:
+            cap = " at most (it stops when converged)" if self.upper else ""
+            warnings.warn(
+                f"{self.desc}: {self.done} {self.unit}(s) took {_fmt_seconds(elapsed)} "
+                f"({_fmt_seconds(per)} each), so the planned {self.total} would take about "
+                f"{_fmt_seconds(self.projected)}{cap}. To cut it: "
+                f"{self.advice or 'plan fewer ' + self.unit + 's'}.",
+                SlowRunWarning,
+                stacklevel=3,
+            )
 
     def set_total(self, total: int) -> None:
         """Change the planned total (e.g. to the count actually done at the end)."""

@@ -196,7 +196,8 @@ def blockwise_smoothness(
         partition: the :class:`~hessnorm.partition.Partition` Φ (must cover op.d).
         seed: seeds every random start vector (CPU generator); same seed, same number.
         confidence: probability that every random upper end holds simultaneously (the
-            lower ends are deterministic); for the Cauchy path, the bootstrap's coverage.
+            lower ends are deterministic); for the Cauchy path, the nominal coverage of
+            its influence-function interval.
         n_cauchy: probes when Φ is the coordinate partition and d > n_cauchy (then
             S = ‖H‖₁,₁ by :func:`~hessnorm.estimators.cauchy.l11_norm`).
         tol: Lanczos tolerance when Φ is a single block (then S = d‖H‖₂).
