@@ -219,7 +219,7 @@ def main():
                 torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
             loop = time.perf_counter() - t
         print(
-            f"   l11_norm n=50: {batched:.3f} s with its 200-replicate bootstrap, {no_boot:.3f} s without; "
+            f"   l11_norm n=50: {batched:.3f} s with its influence-function interval, {no_boot:.3f} s without; "
             f"50 single HVPs (graph path) {separate:.3f} s; double-backward loop {loop:.3f} s\n"
         )
 

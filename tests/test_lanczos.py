@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hessnorm.errors import ConfigError
+from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimators import exact
 from hessnorm.estimators._krylov import NormBound, start_radius, tridiag_eig
 from hessnorm.estimators.lanczos import lanczos, spectral_norm, top_eigenpairs
@@ -132,11 +132,71 @@ def test_basis_spills_off_device_with_same_result(problems):
     """A zero on-device budget puts every vector in CPU chunks: the same arithmetic."""
     op, _ = problems["mlp"]
     a = lanczos(op, max_iter=20, seed=3, keep_basis=True)
-    b = lanczos(op, max_iter=20, seed=3, keep_basis=True, basis_budget_bytes=0)
+    b = lanczos(op, max_iter=20, seed=3, keep_basis=True, basis_budget_bytes=0, basis_device="cpu")
+    assert b.basis.disk is None and b.basis.spilled == 20
     assert torch.allclose(a.alpha, b.alpha, rtol=1e-12, atol=1e-14)
-    assert torch.allclose(a.basis, b.basis, atol=1e-12)
-    Q = a.basis
+    assert torch.allclose(a.basis.dense(), b.basis.dense(), atol=1e-12)
+    Q = a.basis.dense()
     assert torch.allclose(Q @ Q.T, torch.eye(20, dtype=Q.dtype), atol=1e-12)
+
+
+def _dense_problem(d=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return (A + A.T) / 2 + torch.diag(torch.linspace(0, 30, d, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("budget_rows", [0, 5])
+def test_basis_spills_to_disk_with_same_result(tmp_path, budget_rows):
+    """A tiny budget sends the basis to a temporary file: same T, estimate and vectors."""
+    H = _dense_problem()
+    d = H.shape[0]
+    kw = dict(max_iter=60, seed=1, keep_basis=True)
+    a = lanczos(H, **kw)
+    b = lanczos(H, **kw, basis_budget_bytes=budget_rows * d * 8, basis_device=tmp_path)
+    assert b.basis.disk is not None and b.basis.spilled == 60 - budget_rows
+    assert list(tmp_path.iterdir()) == []  # the file is unlinked at once
+    read, written = b.basis.io_bytes
+    assert written == (60 - budget_rows) * d * 8 and read > 0
+    assert torch.allclose(a.alpha, b.alpha, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(a.beta, b.beta, rtol=1e-10, atol=1e-12)
+    Qa, Qb = a.basis.dense(), b.basis.dense()
+    assert torch.allclose(Qa, Qb, atol=1e-10)
+    assert torch.allclose(Qb @ Qb.T, torch.eye(60, dtype=Qb.dtype), atol=1e-12)
+    c = torch.randn(3, 60, dtype=torch.float64)
+    assert torch.allclose(a.basis.combine(c), b.basis.combine(c), atol=1e-10)
+    b.basis.close()
+    assert b.basis.disk is None
+
+    ea = spectral_norm(H, tol=1e-6, progress=False)
+    eb = spectral_norm(H, tol=1e-6, progress=False, basis_budget_bytes=budget_rows * d * 8)
+    assert ea.n_hvp == eb.n_hvp
+    assert eb.value == pytest.approx(ea.value, rel=1e-12)
+    assert eb.high == pytest.approx(ea.high, rel=1e-9)
+    pa = top_eigenpairs(H, 3, progress=False)
+    pb = top_eigenpairs(H, 3, progress=False, basis_budget_bytes=budget_rows * d * 8)
+    assert pa.n_hvp == pb.n_hvp
+    assert torch.allclose(pa.values, pb.values, rtol=1e-12)
+    assert torch.allclose(pa.vectors, pb.vectors, atol=1e-8)
+    ev = torch.linalg.eigvalsh(H)
+    top = ev.abs().argsort(descending=True)[:3]
+    assert ((pb.values - ev[top]).abs() <= pb.residuals + 1e-12).all()
+    assert torch.allclose(
+        torch.linalg.norm(H @ pb.vectors.T - pb.vectors.T * pb.values, dim=0),
+        pb.residuals,
+        rtol=1e-6,
+        atol=1e-10,
+    )
+
+
+def test_basis_spill_full_disk_is_a_clear_error(monkeypatch, tmp_path):
+    def full(fd, off, n):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full)
+    with pytest.raises(TooLargeError, match="TMPDIR"):
+        lanczos(_dense_problem(50), max_iter=5, basis_budget_bytes=0, basis_device=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

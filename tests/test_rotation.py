@@ -91,3 +91,24 @@ def test_errors():
         RandPerm(5, depth=0)
     with pytest.raises(ConfigError, match="unknown rotation kind"):
         from_spec({"kind": "Spin"})
+
+
+def test_randperm_int32_indices_are_the_int64_permutation():
+    """int32 indices (half the memory) give exactly the permutation and rotation as before."""
+    from hessnorm.rotation import haar_orthogonal
+
+    d = 100_003
+    R = RandPerm(d, depth=2, seed=4)
+    assert all(p.dtype == torch.int32 for p in R._perms)
+    g = torch.Generator().manual_seed(4)
+    for layer in range(2):
+        assert torch.equal(R._perms[layer].long(), torch.randperm(d, generator=g))
+        for shape, qs in zip(R.parts, R._mats[layer]):
+            for s, q in zip(shape, qs):
+                assert torch.equal(q, haar_orthogonal(s, g))
+    x = torch.randn(2, d, dtype=torch.float64)
+    y = R.apply(x)
+    assert torch.allclose(R.apply_T(y), x, atol=1e-12)
+    assert torch.allclose(y.norm(dim=1), x.norm(dim=1), rtol=1e-12)
+    R.apply(x.float())  # a second dtype on the same device shares the indices
+    assert sum(1 for key in R._cache if key[0] == "perms") == 1

@@ -53,6 +53,7 @@ from hessnorm.estimators._krylov import (
     start_radius,
     tridiag_eig,
 )
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.lanczos import _ritz, lanczos, spectral_norm
 from hessnorm.operator import as_operator
 from hessnorm.partition import Partition
@@ -195,7 +196,8 @@ def blockwise_smoothness(
         partition: the :class:`~hessnorm.partition.Partition` Φ (must cover op.d).
         seed: seeds every random start vector (CPU generator); same seed, same number.
         confidence: probability that every random upper end holds simultaneously (the
-            lower ends are deterministic); for the Cauchy path, the bootstrap's coverage.
+            lower ends are deterministic); for the Cauchy path, the nominal coverage of
+            its influence-function interval.
         n_cauchy: probes when Φ is the coordinate partition and d > n_cauchy (then
             S = ‖H‖₁,₁ by :func:`~hessnorm.estimators.cauchy.l11_norm`).
         tol: Lanczos tolerance when Φ is a single block (then S = d‖H‖₂).
@@ -338,8 +340,6 @@ def _per_pair(
     progress,
     t0,
 ):
-    from tqdm.auto import tqdm
-
     B, d = partition.n_blocks, op.d
     blocks = partition.blocks()
     sizes = partition.sizes.tolist()
@@ -390,12 +390,13 @@ def _per_pair(
     high = torch.full((B, B), math.inf, dtype=torch.float64)
     n_hvp = 0
     seeds = torch.randint(0, 2**62, (B * B + B + 1,), generator=torch.Generator().manual_seed(seed))
-    with tqdm(
-        total=n_max,
-        desc="blockwise_smoothness (HVPs, at most)",
-        disable=not progress,
-        leave=False,
-        unit="HVP",
+    with progress_bar(
+        n_max,
+        "blockwise_smoothness (HVPs, at most)",
+        enabled=progress,
+        upper=True,
+        advice="a coarser partition, pairs='diagonal' or a small int (top-m pairs), "
+        "a looser pair_tol or a smaller max_pair_iter; dry_run=True shows the plan",
     ) as bar:
         # 1. exact block columns: identity columns, many blocks per batched HVP call
         group: list[int] = []
@@ -439,7 +440,8 @@ def _per_pair(
                 )
                 _, c_high = _pair_bound_from_state(st, bop.d, delta, eta)
                 theta, S, _ = _ritz(st.alpha, st.beta)
-                y = (S[:, -1].to(st.basis.device) @ st.basis.double()).to(op.dtype)
+                y = st.basis.combine(S[:, -1:].T)[0].to(op.dtype)
+                st.basis.close()
                 Y = bop._full(_embed(y[:, None], cols, d, op.dtype, op.device)[0])
                 n_hvp += bop.n_hvp
                 col_low = _block_col_norms(Y[:, None], labels, B).cpu() / (1 + eta)
@@ -470,8 +472,7 @@ def _per_pair(
             n_hvp += bop.n_hvp
             low[a, b] = low[b, a] = max(float(low[a, b]), lo_ab)
             high[a, b] = high[b, a] = min(float(high[a, b]), hi_ab)
-        bar.total = n_hvp
-        bar.refresh()
+        bar.set_total(n_hvp)
     S_value = float((w * low).sum())
     S_high = float((w * high).sum())
     sz = partition.sizes.double()

@@ -89,6 +89,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import as_operator
 
 __all__ = ["l11_norm", "cauchy_scale_bias"]
@@ -265,12 +266,15 @@ def _draw_probes(g: torch.Generator, k: int, d: int) -> Tensor:
 
 def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress) -> Tensor:
     """The (n, d) matrix of Hv⁽ⁱ⁾ for n Cauchy probes drawn from ``seed``."""
-    from tqdm.auto import tqdm
-
     d = op.d
     Y = torch.empty(n, d, dtype=store_dtype, device=store_device)
     g = torch.Generator().manual_seed(int(seed))
-    with tqdm(total=n, desc="l11_norm: Cauchy HVPs", disable=not progress, leave=False) as bar:
+    with progress_bar(
+        n,
+        "l11_norm: Cauchy HVPs",
+        enabled=progress,
+        advice="fewer probes (n; the interval widens like 1/√n)",
+    ) as bar:
         for start in range(0, n, chunk_size):
             k = min(chunk_size, n - start)
             HV = op.hvp(_draw_probes(g, k, d).to(op.device, op.dtype))

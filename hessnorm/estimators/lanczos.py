@@ -25,20 +25,26 @@ Error bars of :func:`spectral_norm` (details in :mod:`hessnorm.estimators._krylo
   1.3e-3 in float32 at d = 1.2·10⁸; override with ``hvp_rel_error``).
 
 Memory: the basis is stored in chunks; once it would exceed ``basis_budget_bytes``
-on the compute device, further vectors go to ``basis_device`` (default CPU) and
-re-orthogonalisation streams over the chunks (same arithmetic, exact same result).
+on the compute device, further vectors go to a temporary file on disk (or to
+``basis_device``) and re-orthogonalisation streams over the chunks, so peak memory
+is the budget plus a few vectors (:class:`LanczosBasis`; the IO is two reads of the
+spilled rows per iteration). Where a chunk lives changes only the grouping of the
+sums, so the results agree to rounding.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import weakref
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from hessnorm.errors import ConfigError, NonFiniteError
+from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._krylov import (
     NormBound,
@@ -47,11 +53,19 @@ from hessnorm.estimators._krylov import (
     start_radius,
     tridiag_eig,
 )
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import as_operator
 
-__all__ = ["spectral_norm", "top_eigenpairs", "Eigenpairs", "lanczos", "LanczosState"]
+__all__ = [
+    "spectral_norm",
+    "top_eigenpairs",
+    "Eigenpairs",
+    "lanczos",
+    "LanczosState",
+    "LanczosBasis",
+]
 
-_DEFAULT_BASIS_BUDGET = 2 << 30  # bytes of basis kept on the compute device
+_DEFAULT_BASIS_BUDGET = 2 << 30  # bytes of basis kept in memory on the CPU
 _CHUNK_BYTES = 256 << 20
 
 
@@ -62,7 +76,8 @@ class LanczosState(NamedTuple):
         alpha, beta: diagonal (m,) and off-diagonal (m,) of T_m in float64;
             ``beta[-1]`` is the residual coupling β_m to the next (unused) vector.
             After a restart (``restarts > 0``) the coupling at the junction is 0.
-        basis: the (m, d) orthonormal Lanczos vectors (operator dtype), or None.
+        basis: the m orthonormal Lanczos vectors as a :class:`LanczosBasis` (read it
+            with ``combine``/``dense``; ``close()`` deletes its disk spill), or None.
         n_hvp: HVPs spent (= m).
         breakdown: True when β_m ≈ 0, i.e. the last Krylov space is invariant and the
             Ritz values are exact eigenvalues of H.
@@ -71,27 +86,152 @@ class LanczosState(NamedTuple):
 
     alpha: Tensor
     beta: Tensor
-    basis: Tensor | None
+    basis: LanczosBasis | None
     n_hvp: int
     breakdown: bool
     restarts: int = 0
 
 
-class _Basis:
-    """Orthonormal vectors stored in chunks: on the compute device up to a byte budget,
-    then on ``spill`` (e.g. the CPU). Projections stream over the chunks."""
+class _DiskRows:
+    """Rows of length d in a temporary file, read back in chunks through one buffer.
+
+    The file is unlinked as soon as it is created (the open descriptor keeps it), so
+    it disappears when the run ends, also after an exception or a crash. Rows are
+    written with ``pwrite`` after ``posix_fallocate`` reserves their blocks (a full
+    disk is a clear :class:`~hessnorm.errors.TooLargeError`, not a SIGBUS as with a
+    memory map) and read with ``preadv`` into a reusable CPU buffer of at most
+    max(one row, 256 MiB): the process's resident memory does not grow with the
+    basis (the kernel's page cache may hold it while RAM is free, and then the reads
+    are memory copies).
+    """
+
+    def __init__(self, d: int, dtype: torch.dtype, directory) -> None:
+        self.d, self.dtype = d, dtype
+        self.row_bytes = d * torch.empty((), dtype=dtype).element_size()
+        self.buf_rows = max(1, _CHUNK_BYTES // max(1, self.row_bytes))
+        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        fd, path = tempfile.mkstemp(prefix="hessnorm-lanczos-", suffix=".basis", dir=self.directory)
+        self.fd = fd
+        try:
+            os.unlink(path)
+            path = None
+        except OSError:  # pragma: no cover - platforms that cannot unlink open files
+            pass
+        self._finalizer = weakref.finalize(self, _close_file, fd, path)
+        self.n = 0
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self._buf: Tensor | None = None
+
+    def append(self, v: Tensor) -> None:
+        data = v.detach().to(device="cpu", dtype=self.dtype).contiguous().view(torch.uint8)
+        mv = memoryview(data.numpy())
+        off = self.n * self.row_bytes
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self.fd, off, self.row_bytes)
+            done = 0
+            while done < self.row_bytes:
+                done += os.pwrite(self.fd, mv[done:], off + done)
+        except OSError as exc:
+            raise TooLargeError(
+                f"cannot store Lanczos vector {self.n + 1} ({self.row_bytes / 2**20:.0f} MiB) "
+                f"on disk in {self.directory}: {exc}. Free disk space, point TMPDIR (or "
+                f"basis_device=pathlib.Path(...)) at a larger disk, lower max_iter, or raise "
+                f"basis_budget_bytes to keep more of the basis in memory."
+            ) from exc
+        self.n += 1
+        self.bytes_written += self.row_bytes
+
+    def chunks(self):
+        """Yield the rows in order as (r, d) views of one reused buffer."""
+        if self.n == 0:
+            return
+        if self._buf is None:
+            self._buf = torch.empty(self.buf_rows, self.d, dtype=self.dtype)
+        for s in range(0, self.n, self.buf_rows):
+            r = min(self.buf_rows, self.n - s)
+            view = self._buf[:r]
+            mv = memoryview(view.view(torch.uint8).numpy()).cast("B")
+            total, off, done = r * self.row_bytes, s * self.row_bytes, 0
+            while done < total:
+                got = os.preadv(self.fd, [mv[done:total]], off + done)
+                if got <= 0:  # pragma: no cover - the file is ours and never truncated
+                    raise OSError(f"short read from the Lanczos basis file at byte {off + done}")
+                done += got
+            self.bytes_read += total
+            yield view
+
+    def close(self) -> None:
+        self._buf = None
+        self._finalizer()
+
+
+def _close_file(fd: int, path: str | None) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # pragma: no cover
+        pass
+    if path is not None:  # pragma: no cover
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class LanczosBasis:
+    """The orthonormal Lanczos vectors, stored in tiers and read by streaming.
+
+    Tier 1: chunks on the compute device, up to ``budget`` bytes. Tier 2 (the spill):
+    by default a temporary file on disk (:class:`_DiskRows`); with an explicit torch
+    ``spill`` device (e.g. ``"cpu"`` next to a GPU), chunks there. Every operation
+    visits the rows in order, chunk by chunk, and handles a chunk where it lives.
+
+    Re-orthogonalisation (:meth:`project_out`) is block Gram–Schmidt: for each chunk C
+    in turn, w ← w − Cᵀ(C w) (classical within a chunk, modified across chunks, which
+    is at least as stable as classical over the whole basis). Applied twice per
+    iteration it reads every stored row twice, so a spilled basis of s rows costs
+    2·s·d·itemsize bytes of reads per iteration (plus one row written); n iterations
+    with s(j) spilled rows read Σ_j 2·s(j)·d·itemsize ≈ (n − r)²·d·itemsize in total
+    with r rows in memory.
+    """
 
     def __init__(self, d, dtype, device, budget, spill):
         self.d, self.dtype, self.device = d, dtype, torch.device(device)
-        self.spill = torch.device(spill) if spill is not None else torch.device("cpu")
         item = torch.empty((), dtype=dtype).element_size()
         self.rows = max(1, min(64, _CHUNK_BYTES // max(1, d * item)))
         self.on_device_max = max(0, int(budget) // max(1, d * item))
+        if spill is None or (isinstance(spill, str) and spill == "disk"):
+            self.spill, self.spill_dir = None, None
+        elif isinstance(spill, os.PathLike):
+            self.spill, self.spill_dir = None, spill
+        else:
+            self.spill, self.spill_dir = torch.device(spill), None
         self.chunks: list[Tensor] = []
         self.fill: list[int] = []
+        self.disk: _DiskRows | None = None
         self.n = 0
 
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def spilled(self) -> int:
+        """Rows stored outside the compute device's budget."""
+        return max(0, self.n - self.on_device_max)
+
+    @property
+    def io_bytes(self) -> tuple[int, int]:
+        """(bytes read, bytes written) of the disk spill so far."""
+        return (self.disk.bytes_read, self.disk.bytes_written) if self.disk else (0, 0)
+
     def append(self, v: Tensor) -> None:
+        if self.n >= self.on_device_max and self.spill is None:
+            if self.disk is None:
+                self.disk = _DiskRows(self.d, self.dtype, self.spill_dir)
+            self.disk.append(v)
+            self.n += 1
+            return
         if not self.chunks or self.fill[-1] == self.chunks[-1].shape[0]:
             dev = self.device if self.n < self.on_device_max else self.spill
             rows = self.rows
@@ -104,27 +244,54 @@ class _Basis:
         self.fill[-1] += 1
         self.n += 1
 
-    def project_out(self, w: Tensor) -> Tensor:
-        """w − Q Qᵀ w (classical Gram–Schmidt, one pass)."""
-        coefs = []
+    def _iter(self):
         for c, f in zip(self.chunks, self.fill):
-            coefs.append(c[:f] @ w.to(c.device))
-        for c, f, a in zip(self.chunks, self.fill, coefs):
-            w = w - (a @ c[:f]).to(w.device)
-        return w
+            yield c[:f]
+        if self.disk is not None:
+            yield from self.disk.chunks()
+
+    def project_out(self, w: Tensor) -> Tensor:
+        """One block Gram–Schmidt pass: w − Q Qᵀ w, chunk after chunk."""
+        home = w.device
+        for C in self._iter():
+            if w.device != C.device:
+                w = w.to(C.device)
+            w = w - (C @ w) @ C
+        return w.to(home)
 
     def combine(self, coeffs: Tensor) -> Tensor:
         """coeffs (k, n) float64 times the basis: (k, d) in float64 on the device."""
         out = torch.zeros(coeffs.shape[0], self.d, dtype=torch.float64, device=self.device)
         start = 0
-        for c, f in zip(self.chunks, self.fill):
-            part = coeffs[:, start : start + f].to(c.device) @ c[:f].double()
+        for C in self._iter():
+            r = C.shape[0]
+            part = coeffs[:, start : start + r].to(C.device) @ C.double()
             out += part.to(self.device)
-            start += f
+            start += r
         return out
 
     def dense(self) -> Tensor:
-        return torch.cat([c[:f].to(self.device) for c, f in zip(self.chunks, self.fill)])
+        """The (n, d) basis as one tensor on the compute device (O(n·d) memory)."""
+        out = torch.empty(self.n, self.d, dtype=self.dtype, device=self.device)
+        start = 0
+        for C in self._iter():
+            out[start : start + C.shape[0]] = C.to(self.device)
+            start += C.shape[0]
+        return out
+
+    def close(self) -> None:
+        """Delete the disk spill (also done when the object is garbage collected)."""
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
+
+
+def _default_basis_budget(device) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 4
+    return _DEFAULT_BASIS_BUDGET
 
 
 def _ritz(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,9 +328,13 @@ def lanczos(
     """Run Lanczos with full re-orthogonalisation on a Hessian-like operator.
 
     Cost: one HVP per iteration, at most ``min(max_iter, d)`` HVPs; O(m·d) work per
-    iteration for the re-orthogonalisation. Memory: (iterations + 1) × d entries of
-    basis, at most ``basis_budget_bytes`` of them on the operator's device, the rest on
-    ``basis_device``.
+    iteration for the re-orthogonalisation. Memory: the basis (iterations × d entries)
+    is kept on the operator's device up to ``basis_budget_bytes``; further vectors go
+    to a temporary file (deleted afterwards) or to ``basis_device``, so peak memory
+    stays the budget plus a few vectors. IO of a disk spill of s rows: one row
+    (d·itemsize bytes) written and 2·s·d·itemsize bytes read per iteration (two
+    streaming re-orthogonalisation passes, see :class:`LanczosBasis`); at d = 1.24·10⁸
+    in float32 that is 0.5 GB written and s GB read per iteration.
 
     Args:
         op: anything with ``d``, ``dtype``, ``device`` and ``hvp`` (or a dense tensor).
@@ -179,8 +350,12 @@ def lanczos(
             vector orthogonal to the basis instead of stopping, until ``max_iter`` or d
             vectors; T then is block diagonal.
         basis_budget_bytes: bytes of basis kept on the operator's device (default: the
-            operator's ``memory_budget``, else 2 GiB).
-        basis_device: where vectors beyond that budget live (default ``"cpu"``).
+            operator's ``memory_budget``; else 2 GiB on the CPU and a quarter of the
+            free memory on a GPU).
+        basis_device: where vectors beyond that budget live: ``None``/``"disk"``
+            (default) a temporary file in ``tempfile.gettempdir()`` (``TMPDIR``), a
+            ``pathlib.Path`` a temporary file in that folder, or a torch device such as
+            ``"cpu"`` (host memory next to a GPU; no saving on a CPU-only machine).
 
     Returns:
         LanczosState.
@@ -196,8 +371,17 @@ def lanczos(
     if m_max < 1:
         raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
     if basis_budget_bytes is None:
-        basis_budget_bytes = getattr(op, "memory_budget", None) or _DEFAULT_BASIS_BUDGET
-    Q = _Basis(d, op.dtype, op.device, basis_budget_bytes, basis_device)
+        basis_budget_bytes = getattr(op, "memory_budget", None) or _default_basis_budget(op.device)
+    Q = LanczosBasis(d, op.dtype, op.device, basis_budget_bytes, basis_device)
+    try:
+        return _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart)
+    finally:
+        if not keep_basis:
+            Q.close()
+
+
+def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart):
+    d = op.d
     g = torch.Generator().manual_seed(int(seed))
     q = _random_unit(d, g).to(device=op.device, dtype=op.dtype)
     Q.append(q)
@@ -253,18 +437,20 @@ def lanczos(
         Q.append(q)
     n = len(alphas)
     beta_t = torch.tensor(betas, dtype=torch.float64)
-    basis = None
-    if keep_basis:
-        basis = Q.dense()[:n]
+    basis = Q if keep_basis else None
     return LanczosState(
         torch.tensor(alphas, dtype=torch.float64), beta_t, basis, n, bool(breakdown), restarts
     )
 
 
 def _bar(progress: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="HVP")
+    return progress_bar(
+        total,
+        desc,
+        enabled=progress,
+        upper=True,
+        advice="a smaller max_iter or a looser tol (the interval is then wider)",
+    )
 
 
 def _confidence_arg(confidence: float) -> float:
@@ -448,7 +634,8 @@ def top_eigenpairs(
     k Ritz values exist (rank-1 H, identity, zero), Lanczos restarts from a new
     random vector orthogonal to the space found, so the remaining pairs are proven
     eigenpairs of the complement (e.g. zeros of a low-rank H). Cost: one HVP per
-    iteration (≤ ``max(max_iter, k)``); memory as in :func:`lanczos`.
+    iteration (≤ ``max(max_iter, k)``); memory as in :func:`lanczos`, and the Ritz
+    vectors read the (possibly spilled) basis once more.
 
     Args:
         op: a Hessian-like operator or a dense symmetric tensor.
@@ -494,7 +681,9 @@ def top_eigenpairs(
     if len(theta) < k:  # cannot happen: each HVP adds a Ritz value and max_iter ≥ k
         raise RuntimeError(f"Lanczos produced {len(theta)} < k = {k} Ritz values")
     idx = _select(theta, k, which)
-    coeffs = S[:, idx].T.to(device=st.basis.device)  # (k, m) float64
-    vectors = (coeffs @ st.basis.double()).to(st.basis.dtype)
+    try:
+        vectors = st.basis.combine(S[:, idx].T).to(op.dtype)  # streams over the basis once
+    finally:
+        st.basis.close()
     converged = bool((resid[idx] <= tol * theta.abs().max()).all())
     return Eigenpairs(theta[idx], vectors, resid[idx], st.n_hvp, converged, st.restarts)

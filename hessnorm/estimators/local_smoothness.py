@@ -30,6 +30,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, ShapeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import LossOperator
 
 __all__ = ["local_smoothness", "hessian_local_smoothness", "check_alpha"]
@@ -103,6 +104,7 @@ def local_smoothness(
     *,
     alpha: float = 0.1,
     grad_fn: Callable[[Tensor], Tensor] | None = None,
+    progress: bool = False,
 ) -> Estimate:
     r"""Finite-difference local smoothness of the loss along the step ``w → w_next``.
 
@@ -136,6 +138,8 @@ def local_smoothness(
         alpha: grid spacing; ``1/alpha`` must be an integer (default 0.1: 10 points).
         grad_fn: a gradient function ``x -> ∇f(x)`` on flat tensors, instead of ``loss``
             (for gradients torch cannot compute, e.g. from numpy).
+        progress: show a tqdm bar over the gradients (off by default: it is called
+            once per training step). A projected run over 10 minutes warns either way.
 
     Returns:
         Estimate named ``"local_smoothness"`` with ``details``: ``grad_norm``
@@ -197,11 +201,20 @@ def local_smoothness(
             )
         return g.detach()
 
-    g0 = grad(w)
     ratios = []
-    for gamma in gammas:
-        g = grad(w + gamma * delta)
-        ratios.append(float(torch.linalg.vector_norm(g - g0)) / (gamma * step_norm))
+    with progress_bar(
+        len(gammas) + 1,
+        "local_smoothness",
+        enabled=progress,
+        unit="grad",
+        advice="a coarser grid (larger alpha) or fewer evaluation examples",
+    ) as bar:
+        g0 = grad(w)
+        bar.update(1)
+        for gamma in gammas:
+            g = grad(w + gamma * delta)
+            ratios.append(float(torch.linalg.vector_norm(g - g0)) / (gamma * step_norm))
+            bar.update(1)
     k = max(range(len(ratios)), key=ratios.__getitem__)
     value = ratios[k]
     return Estimate(

@@ -90,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
             f"{label:<31}{est.value:>11.5g}{interval:>25}{ex:>11.5g}"
             f"{abs(est.value - ex) / abs(ex):>9.2%}{est.n_hvp:>6}"
         )
+    spec, l11, block = rows[0][1], rows[1][1], rows[2][1]
     print(
-        f"\nd = {op.d}; intervals: Lanczos Ritz-residual bounds, 95% bootstrap over Cauchy probes, "
-        f"blockwise sketch with an a-posteriori upper bound; total {time.perf_counter() - t0:.1f}s"
+        f"\nd = {op.d}; intervals: ‖H‖₂ Lanczos, deterministic lower end and a random-start "
+        f"Krylov upper bound at {spec.confidence:.0%} confidence; ‖H‖₁,₁ {l11.confidence:.0%} "
+        f"influence-function interval over the Cauchy probes (Student t, log scale); "
+        f"blockwise: {block.details.get('method', 'see details')} "
+        f"({block.confidence:.0%}); total {time.perf_counter() - t0:.1f}s"
     )
     return 0

@@ -1,0 +1,155 @@
+"""Progress bars and the projected-time warning (hessnorm.estimators._progress)."""
+
+import time
+import warnings
+
+import pytest
+import torch
+
+from hessnorm.estimators import _progress
+from hessnorm.estimators._progress import SlowRunWarning, progress_bar
+from hessnorm.estimators.blockwise import blockwise_smoothness
+from hessnorm.estimators.cauchy import l11_norm
+from hessnorm.estimators.lanczos import spectral_norm, top_eigenpairs
+from hessnorm.estimators.local_smoothness import local_smoothness
+from hessnorm.partition import Partition
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class SlowOp:
+    """A dense Hessian whose every HVP takes ``cost`` seconds of a fake clock."""
+
+    def __init__(self, H, clock, cost):
+        self.H, self.clock, self.cost = H, clock, cost
+        self.d, self.dtype, self.device = H.shape[0], H.dtype, H.device
+        self.matvec_count = 0
+
+    def hvp(self, v):
+        k = 1 if v.dim() == 1 else v.shape[0]
+        self.matvec_count += k
+        self.clock.t += self.cost * k
+        return v @ self.H
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(_progress, "_clock", c)
+    return c
+
+
+def _H(d=12):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return A + A.T
+
+
+def _op(name, clock, cost):
+    return SlowOp(_H(390 if "exact" in name else 12), clock, cost)
+
+
+def _slow_warnings(record):
+    return [w for w in record if issubclass(w.category, SlowRunWarning)]
+
+
+RUNS = {
+    "spectral_norm": lambda op: spectral_norm(op, max_iter=50, progress=False),
+    "top_eigenpairs": lambda op: top_eigenpairs(op, 2, max_iter=50, progress=False),
+    "l11_norm": lambda op: l11_norm(op, n=40, chunk_size=4, progress=False),
+    "blockwise_smoothness": lambda op: blockwise_smoothness(
+        op,
+        Partition.from_labels([0] * 6 + [1] * 6),
+        exact_threshold=0,
+        pairs="diagonal",
+        progress=False,
+    ),
+    # identity block columns, in batches of at most 256 HVPs
+    "blockwise_smoothness (exact columns)": lambda op: blockwise_smoothness(
+        op,
+        Partition.from_labels([0] * 130 + [1] * 130 + [2] * 130),
+        exact_threshold=10**6,
+        progress=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_slow_run_warns_once_with_projection_and_advice(clock, name):
+    op = _op(name, clock, 100.0)  # 100 s per HVP: any plan of > 6 HVPs is slow
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RUNS[name](op)
+    slow = _slow_warnings(record)
+    assert len(slow) == 1, [str(w.message) for w in record]
+    msg = str(slow[0].message)
+    assert name.split("_")[0] in msg and "To cut it" in msg and "would take about" in msg
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_fast_run_does_not_warn(clock, name):
+    op = _op(name, clock, 0.1)  # 0.1 s per HVP: every plan here is < 10 minutes
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RUNS[name](op)
+    assert _slow_warnings(record) == []
+
+
+def test_projection_uses_the_second_update(clock):
+    """The first update's one-off cost counts once, not for every remaining unit."""
+    with pytest.warns(
+        SlowRunWarning, match=r"4 HVP\(s\) took 100 s \(10 s each\).*300 would take about 51 min"
+    ):
+        with progress_bar(300, "x", enabled=False) as bar:
+            clock.t = 80.0  # first two HVPs: graph building makes them slow
+            bar.update(2)
+            assert bar.projected is None
+            clock.t = 100.0
+            bar.update(2)
+            assert bar.projected == pytest.approx(100.0 + 296 * 10.0)
+            clock.t = 1e6  # later updates do not warn again
+            bar.update(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with progress_bar(300, "z", enabled=False) as bar:
+            clock.t += 200.0  # a slow first HVP, then fast ones: no warning
+            bar.update(1)
+            clock.t += 1.0
+            bar.update(1)
+            assert bar.projected == pytest.approx(201.0 + 298.0)
+    with pytest.warns(SlowRunWarning, match=r"at most \(it stops when converged\).*fewer"):
+        with progress_bar(10, "y", enabled=False, upper=True, advice="fewer") as bar:
+            clock.t += 1000.0  # the first unit alone is over the threshold
+            bar.update(1)
+
+
+def test_real_sleeping_operator_warns(monkeypatch):
+    """With the real clock: a sleeping HVP and a lowered threshold."""
+    monkeypatch.setattr(_progress, "WARN_SECONDS", 0.05)
+
+    class Sleepy(SlowOp):
+        def hvp(self, v):
+            time.sleep(0.01)
+            return super().hvp(v)
+
+    with pytest.warns(SlowRunWarning, match="spectral_norm"):
+        spectral_norm(Sleepy(_H(), FakeClock(), 0.0), max_iter=30, progress=False)
+
+
+def test_local_smoothness_counts_gradients(clock):
+    A = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
+    w, w1 = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+
+    def slow_grad(x):
+        clock.t += 100.0
+        return A @ x
+
+    with pytest.warns(SlowRunWarning, match=r"local_smoothness.*grad.*11 would take about 18 min"):
+        est = local_smoothness(None, w, w1, grad_fn=slow_grad)
+    assert est.details["n_grad"] == 11
