@@ -241,7 +241,7 @@ def hessian_norms(
     checkpoint's weights x (original coordinates, whatever optimizer produced them):
 
     * ``spectral``: ‖H‖₂ = d‖H‖₂/d (Lanczos, rigorous interval; the AdaSGD row),
-    * ``l11``: ‖H‖₁,₁/d (Cauchy medians, Alg. 4, bootstrap interval; the Adam row),
+    * ``l11``: ‖H‖₁,₁/d (Cauchy medians, Alg. 4, influence-function interval; the Adam row),
     * ``rotated_l11``: ‖RᵀHR‖₁,₁/d, the Hessian of L∘R at x̃ = Rᵀx (the rotated-Adam
       row), R the run's own rotation for a rotated-Adam run, else ``rotation``
       (default ``randperm:depth=2,seed=0``, the trainer's default).
@@ -291,6 +291,10 @@ def hessian_norms(
     return out
 
 
+# bump when an estimator's value or interval construction changes
+NORMS_VERSION = 2
+
+
 def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[str, dict]:
     """:func:`hessian_norms` with a cache ``norms.json`` in the run folder.
 
@@ -299,7 +303,9 @@ def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[
     """
     path = Path(run_dir) / "norms.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
-    key = json.dumps(settings, sort_keys=True)
+    # the interval constructions are part of the key: a cache written by an older
+    # estimator version is recomputed rather than reported under the new wording
+    key = json.dumps({**settings, "estimators": NORMS_VERSION}, sort_keys=True)
     have = cache.get(key, {})
     missing = [q for q in quantities if q not in have]
     if missing:

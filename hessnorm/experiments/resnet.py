@@ -475,8 +475,9 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
     ]
     L_iv = [
         "",
-        "Intervals: ‖H‖₂ — Lanczos' [largest |Ritz value|, + its residual] bracket (lower end "
-        "rigorous); (1,1)-norms — 95% bootstrap over the Cauchy probes (paper 000 Alg. 4).",
+        "Intervals: ‖H‖₂ — Lanczos' deterministic lower end and a random-start Krylov upper "
+        "bound (≥ 99%); (1,1)-norms — 95% influence-function interval over the Cauchy probes "
+        "(paper 000 Alg. 4).",
     ]
     tab3 = {}
     for opt, q, metric, bound in ROWS:
@@ -582,7 +583,7 @@ def _setup_lines(c: Config) -> list[str]:
         "- Norms: Hessian of the mean loss over one fixed batch of training examples (drawn "
         "like a training batch of the run) at each optimizer's best batch-256 checkpoint, "
         "float32; Lanczos to a "
-        f"1e-3 bracket; {c.n_cauchy} Cauchy probes with a 95% bootstrap interval; R = "
+        f"1e-3 bracket; {c.n_cauchy} Cauchy probes with a 95% influence-function interval; R = "
         "RandPerm² (depth 2, seed 0), the rotated-Adam run's own rotation.",
         "",
         "## At paper scale (`--scale paper --data-dir CIFAR`)",
