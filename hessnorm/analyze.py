@@ -123,6 +123,8 @@ def analyze(
     batchnorm: str = "batch",
     progress: bool = True,
     log=None,
+    text: str | Path | None = None,
+    block_size: int | None = None,
 ):
     """Estimate Hessian norms of checkpoints; returns a :class:`pandas.DataFrame`.
 
@@ -141,6 +143,15 @@ def analyze(
         batchnorm: ``"batch"`` or ``"frozen"`` (see HessianOperator.from_module).
         progress: progress bars.
         log: where notes go (default stderr); ``False`` silences them.
+        text, block_size: Hugging Face ``save_pretrained`` folders: the text file the
+            ``eval_examples`` windows of ``block_size`` tokens are cut from (see
+            :func:`hessnorm.checkpoint.load`).
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) every rank loads the checkpoint and
+    keeps a contiguous shard of the evaluation examples
+    (:func:`hessnorm.distributed.shard_batches`; whole batches for BatchNorm models on
+    batch statistics); the operator reduces over the ranks, so every rank returns the
+    same rows, and only rank 0 shows progress and notes.
 
     Returns:
         One row per (checkpoint, estimator) with columns :data:`hessnorm.results.COLUMNS`.
@@ -169,6 +180,10 @@ def analyze(
             raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         dtype = getattr(torch, dtype)
     out = sys.stderr if log is None else log
+    from hessnorm import distributed
+
+    if distributed.rank() != 0:
+        out, progress = False, False
 
     def note(msg):
         if out is not False:
@@ -197,10 +212,13 @@ def analyze(
             seed=seed,
             device=device,
             dtype=dtype,
+            text=text,
+            block_size=block_size,
         )
         note(
             f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})"
         )
+        batches = _rank_shard(net, batches, batchnorm, note)
         op = HessianOperator.from_module(
             net, loss_fn, batches, batchnorm=batchnorm, device=device, dtype=dtype
         )
@@ -232,6 +250,29 @@ def analyze(
             )
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _rank_shard(net, batches, batchnorm: str, note) -> list:
+    """This rank's contiguous shard of the evaluation batches (all of them in one process).
+
+    Examples are split (``hessnorm.distributed.shard_batches``); a model with BatchNorm
+    on batch statistics gets whole batches instead, since cutting a batch would change
+    its statistics.
+    """
+    from hessnorm import distributed
+
+    if not distributed.is_distributed():
+        return batches
+    by_batch = batchnorm == "batch" and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()
+    )
+    world = distributed.world_size()
+    shard = distributed.shard_batches(batches, distributed.rank(), world, whole_batches=by_batch)
+    note(
+        f"  {world} ranks share the evaluation set "
+        f"({'whole batches' if by_batch else 'contiguous shards of examples'})"
+    )
+    return shard
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -373,6 +414,7 @@ def write_results(df, path: str | Path) -> Path:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("Python::")[0].strip()
+    p.epilog = _EPILOG
     p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
     p.add_argument(
         "--estimators",
@@ -402,11 +444,56 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--task", default=None, help="state_dicts: a trainer task instead of --model/--data"
     )
     p.add_argument("--data-dir", default=None, help="nanoGPT data folder with val.bin")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="Hugging Face save_pretrained folders: UTF-8 text file the evaluation windows "
+        "are cut from with the folder's tokenizer (--eval-examples windows, default 16)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="Hugging Face folders: tokens per window (default: context length, at most 1024)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a collective may wait before every rank stops (default 600)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
+_EPILOG = (
+    "Language-model evaluation windows (hessnorm gpt runs, nanoGPT ckpt.pt, Hugging Face "
+    "folders with --text): n = --eval-examples windows of T+1 consecutive tokens (T = "
+    "block size) from the N evaluation tokens, window i starting at floor(i*(N-T-1)/(n-1)) "
+    "(integer arithmetic; 0 when n = 1); inputs are its first T tokens, targets its last T. "
+    "Deterministic, no seed. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
+    "... splits the evaluation examples into contiguous shards (gloo on CPUs, NCCL with "
+    "--device cuda); every rank computes the same numbers, rank 0 prints and writes --out; "
+    "each rank holds the whole model."
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    from hessnorm import distributed
+
+    created = distributed.init_from_env(args.device, args.dist_timeout)
+    try:
+        return _run(args)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hessnorm import distributed
+
     df = analyze(
         args.checkpoints,
         args.estimators,
@@ -425,7 +512,11 @@ def run(args: argparse.Namespace) -> int:
         batchnorm=args.batchnorm,
         progress=not args.quiet,
         log=False if args.quiet else None,
+        text=args.text,
+        block_size=args.block_size,
     )
+    if distributed.rank() != 0:
+        return 0
     show = df[
         ["run", "step", "estimator", "value", "value_per_dim", "low", "high", "n_hvp", "seconds"]
     ].copy()

@@ -45,6 +45,7 @@ __all__ = [
     "causal_lm_loss",
     "LogitsOnly",
     "hf_operator",
+    "causal_lm_batches",
     "WINDOW_RULE",
     "SUPPORTED_ATTENTION",
 ]
@@ -492,6 +493,64 @@ class LogitsOnly(nn.Module):
         return self._hf(input_ids).logits
 
 
+def causal_lm_batches(
+    model_dir: str | os.PathLike,
+    text_path: str | os.PathLike,
+    *,
+    n: int = 16,
+    block_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, list[tuple[Tensor, Tensor]], dict[str, Any]]:
+    """A Hugging Face causal LM and its evaluation batches from a text file.
+
+    What :func:`hf_operator` and ``hessnorm analyze MODEL_DIR --text FILE`` build the
+    operator from: the model (:func:`load_causal_lm`), ``n`` windows of
+    ``block_size`` tokens of ``text_path`` (:func:`text_windows`, rule
+    ``WINDOW_RULE``) in batches of ``batch_size``; the loss is :func:`causal_lm_loss`.
+    Arguments as in :func:`hf_operator`.
+
+    Returns:
+        ``(model, batches, info)``; ``info`` as :func:`hf_operator` describes it.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    model, info = load_causal_lm(
+        model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation
+    )
+    context = getattr(model.config, "max_position_embeddings", None)
+    if block_size is None:
+        block_size = min(context or _DEFAULT_MAX_BLOCK, _DEFAULT_MAX_BLOCK)
+    elif context is not None and block_size > context:
+        raise ConfigError(
+            f"block_size {block_size} exceeds the model's context length {context} "
+            "(max_position_embeddings); use a block size of at most that"
+        )
+    tok = load_tokenizer(model_dir)
+    x, y, n_text = text_windows(model_dir, text_path, n=n, block_size=block_size, tokenizer=tok)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    top = int(torch.maximum(x.max(), y.max()))
+    if top >= vocab:
+        raise CheckpointError(
+            f"the tokenizer in {model_dir} produced token id {top}, outside the model's "
+            f"vocabulary of {vocab}: tokenizer and weights do not belong together"
+        )
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+    data = f"{text_path}: {n} windows x {block_size} tokens ({n * block_size} predicted tokens)"
+    info = dict(info)
+    info.update(
+        text=str(text_path),
+        n_windows=int(n),
+        block_size=int(block_size),
+        n_tokens_text=n_text,
+        window_rule=WINDOW_RULE,
+        data=data,
+    )
+    return model, batches, info
+
+
 def hf_operator(
     model_dir: str | os.PathLike,
     text_path: str | os.PathLike,
@@ -531,41 +590,20 @@ def hf_operator(
         ``text``, ``n_windows``, ``block_size``, ``n_tokens_text``, ``window_rule``
         and ``data`` (one line naming the evaluation set).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    model, info = load_causal_lm(
-        model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation
+    model, batches, info = causal_lm_batches(
+        model_dir,
+        text_path,
+        n=n,
+        block_size=block_size,
+        dtype=dtype,
+        batch_size=batch_size,
+        device=device,
+        attn_implementation=attn_implementation,
     )
-    context = getattr(model.config, "max_position_embeddings", None)
-    if block_size is None:
-        block_size = min(context or _DEFAULT_MAX_BLOCK, _DEFAULT_MAX_BLOCK)
-    elif context is not None and block_size > context:
-        raise ConfigError(
-            f"block_size {block_size} exceeds the model's context length {context} "
-            "(max_position_embeddings); use a block size of at most that"
-        )
-    tok = load_tokenizer(model_dir)
-    x, y, n_text = text_windows(model_dir, text_path, n=n, block_size=block_size, tokenizer=tok)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    top = int(torch.maximum(x.max(), y.max()))
-    if top >= vocab:
-        raise CheckpointError(
-            f"the tokenizer in {model_dir} produced token id {top}, outside the model's "
-            f"vocabulary of {vocab}: tokenizer and weights do not belong together"
-        )
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
     op = HessianOperator.from_module(
         model, causal_lm_loss, batches, params=params, dtype=dtype, device=device, mode=mode
     )
-    data = f"{text_path}: {n} windows x {block_size} tokens ({n * block_size} predicted tokens)"
-    info = dict(info)
-    info.update(
-        text=str(text_path),
-        n_windows=int(n),
-        block_size=int(block_size),
-        n_tokens_text=n_text,
-        window_rule=WINDOW_RULE,
-        data=data,
+    op.description = (
+        f"{info['architecture']} ({info['attn_implementation']} attention) on {info['data']}"
     )
-    op.description = f"{info['architecture']} ({info['attn_implementation']} attention) on {data}"
     return op, info
