@@ -189,7 +189,7 @@ class DataParallel:
         flags = torch.zeros(self.world, dtype=torch.int64, device=self.device)
         if error is not None:
             flags[self.rank] = 1
-        dist.all_reduce(flags, group=self.group)
+        self._collective(what, lambda: dist.all_reduce(flags, group=self.group))
         failed = flags.nonzero().flatten().tolist()
         if not failed:
             return
@@ -203,6 +203,17 @@ class DataParallel:
             f"{what} failed on rank(s) {failed} of {self.world}, so every rank stops ({detail})"
         )
 
+    def _collective(self, what: str, call: Callable[[], Any]) -> None:
+        """Run one collective; a dead or stalled peer becomes a DistributedError."""
+        try:
+            call()
+        except RuntimeError as exc:  # gloo/NCCL: connection closed, timeout
+            raise DistributedError(
+                f"{what}: rank {self.rank} lost contact with the other ranks ({exc}). "
+                "Another rank died or stalled past the process group's timeout; its own "
+                "output says why"
+            ) from exc
+
     def reduce(self, what: str, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` on this rank's shard, summed over all ranks (identical on every rank)."""
         import torch.distributed as dist
@@ -214,7 +225,7 @@ class DataParallel:
             error = exc
         self.check(what, error)
         buf = out.to(self.device)
-        dist.all_reduce(buf, group=self.group)
+        self._collective(what, lambda: dist.all_reduce(buf, group=self.group))
         return buf if buf.device == out.device else buf.to(out.device)
 
     def setup(self, count: int, tensors: Sequence[Tensor], d: int) -> None:

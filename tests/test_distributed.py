@@ -213,3 +213,30 @@ def test_shard_batches_is_contiguous_and_complete():
         assert max(sizes) - min(sizes) <= 1
     whole = [shard_batches(batches, r, 2, whole_batches=True) for r in range(2)]
     assert [len(s) for s in whole] == [1, 2] and whole[1][0][0] is batches[1][0]
+
+
+def _dies(rank, world, init_file, out_dir):
+    _init(rank, world, init_file)
+    x, y = _data()
+    op = HessianOperator.from_module(_model(), nn.functional.cross_entropy, (x[:8], y[:8]))
+    if rank == 1:
+        os._exit(3)  # a rank that dies without a word (killed, out of memory, ...)
+    try:
+        op.hvp(torch.ones(op.d, dtype=F64))
+        msg = None
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        msg = (type(exc).__name__, str(exc))
+    torch.save(msg, os.path.join(out_dir, "rank0.pt"))
+
+
+def test_dead_rank_stops_the_others(tmp_path):
+    ctx = mp.start_processes(
+        _dies, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
+    )
+    for p in ctx.processes:
+        p.join(timeout=90)
+    assert not any(p.is_alive() for p in ctx.processes), "a rank hangs"
+    assert ctx.processes[1].exitcode == 3
+    kind, msg = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert kind == "DistributedError"
+    assert "rank 0 lost contact with the other ranks" in msg
