@@ -299,10 +299,10 @@ def test_lm_windows_rule():
     with pytest.raises(ConfigError, match="100 tokens, fewer than block_size"):
         lm_windows(tokens, 2, 100)
     with pytest.raises(
-        ConfigError, match="number of evaluation windows must be a positive integer"
+        ConfigError, match=r"number of evaluation windows must be a positive integer \(>= 1\)"
     ):
         lm_windows(tokens, 0, 9)
-    with pytest.raises(ConfigError, match="block_size must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"block_size must be a positive integer \(>= 1\)"):
         lm_windows(tokens, 2, 2.5)
 
 

@@ -132,7 +132,7 @@ def lm_windows(tokens, n: int, block_size: int) -> tuple[torch.Tensor, torch.Ten
     """
     for what, value in (("the number of evaluation windows", n), ("block_size", block_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{what} must be a positive integer (>= 1), got {value!r}")
     T = int(block_size)
     if len(tokens) <= T + 1:
         raise ConfigError(
