@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hessnorm.errors import DistributedError, EmptyDataError
+from hessnorm.errors import DistributedError, EmptyDataError, ShapeError
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "shard_batches", "DataParallel"]
 
@@ -106,9 +106,20 @@ def init_from_env(device: str | None = None, timeout: float = 600.0) -> bool:
 
 
 def _example_count(batch: Any) -> int:
-    from hessnorm.operator import _batch_size
+    """Examples in an ``(inputs, targets)`` batch: the first dimension of either tensor.
 
-    return _batch_size(*batch)
+    The same rule as the operator's batch weights (``hessnorm.operator`` imports this
+    module, so it is not imported back).
+    """
+    for obj in (batch[1], batch[0]):
+        if isinstance(obj, Tensor) and obj.dim() > 0:
+            return int(obj.shape[0])
+        if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
+            return int(obj[0].shape[0])
+    raise ShapeError(
+        "cannot tell the batch size: give inputs or targets as tensors whose first "
+        "dimension indexes examples"
+    )
 
 
 def _slice(obj: Any, a: int, b: int) -> Any:
