@@ -125,6 +125,8 @@ def analyze(
     log=None,
     data_seed: int | None = None,
     eval_resamples: int = 0,
+    text: str | Path | None = None,
+    block_size: int | None = None,
 ):
     """Estimate Hessian norms of checkpoints; returns a :class:`pandas.DataFrame`.
 
@@ -156,6 +158,15 @@ def analyze(
             offsets with it (:func:`hessnorm.checkpoint.nanogpt_eval_windows`).
         eval_resamples: K >= 2 adds the spread over K independent evaluation sets
             (0: none).
+        text, block_size: Hugging Face ``save_pretrained`` folders: the text file the
+            ``eval_examples`` windows of ``block_size`` tokens are cut from (see
+            :func:`hessnorm.checkpoint.load`).
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) every rank loads the checkpoint and
+    keeps a contiguous shard of the evaluation examples
+    (:func:`hessnorm.distributed.shard_batches`; whole batches for BatchNorm models on
+    batch statistics); the operator reduces over the ranks, so every rank returns the
+    same rows, and only rank 0 shows progress and notes.
 
     Returns:
         One row per (checkpoint, estimator) with columns :data:`hessnorm.results.COLUMNS`.
@@ -185,6 +196,10 @@ def analyze(
         dtype = getattr(torch, dtype)
     out = sys.stderr if log is None else log
     check_analyze_options(eval_examples=eval_examples, device=device, eval_resamples=eval_resamples)
+    from hessnorm import distributed
+
+    if distributed.rank() != 0:
+        out, progress = False, False
 
     def note(msg):
         if out is not False:
@@ -217,6 +232,8 @@ def analyze(
             device=device,
             dtype=dtype,
             data_seed=data_seed,
+            text=text,
+            block_size=block_size,
         )
         note(
             f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})"
@@ -231,7 +248,11 @@ def analyze(
             )
         own_rotation = meta.get("rotation")
 
-        def operator(batches_, net=net, loss_fn=loss_fn, own_rotation=own_rotation):
+        def operator(
+            batches_, net=net, loss_fn=loss_fn, own_rotation=own_rotation, say=lambda msg: None
+        ):
+            # under torch.distributed each rank keeps its shard of every evaluation set
+            batches_ = _rank_shard(net, batches_, batchnorm, say)
             op_ = HessianOperator.from_module(
                 net, loss_fn, batches_, batchnorm=batchnorm, device=device, dtype=dtype
             )
@@ -239,7 +260,7 @@ def analyze(
                 op_ = op_.rotated(parse_rotation(own_rotation, op_.d))
             return op_
 
-        op = operator(batches)
+        op = operator(batches, say=note)
         if own_rotation:
             note(
                 f"  trained with rotated Adam ({spec_string(own_rotation)}): analysing the Hessian of "
@@ -405,6 +426,29 @@ def _annotate_details(estimator: str, details: str, sizes: dict[str, int]) -> st
     return json.dumps(d, ensure_ascii=False)
 
 
+def _rank_shard(net, batches, batchnorm: str, note) -> list:
+    """This rank's contiguous shard of the evaluation batches (all of them in one process).
+
+    Examples are split (``hessnorm.distributed.shard_batches``); a model with BatchNorm
+    on batch statistics gets whole batches instead, since cutting a batch would change
+    its statistics.
+    """
+    from hessnorm import distributed
+
+    if not distributed.is_distributed():
+        return batches
+    by_batch = batchnorm == "batch" and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()
+    )
+    world = distributed.world_size()
+    shard = distributed.shard_batches(batches, distributed.rank(), world, whole_batches=by_batch)
+    note(
+        f"  {world} ranks share the evaluation set "
+        f"({'whole batches' if by_batch else 'contiguous shards of examples'})"
+    )
+    return shard
+
+
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     if not run_dir.is_dir():
         raise CheckpointError(
@@ -544,6 +588,7 @@ def write_results(df, path: str | Path) -> Path:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("Python::")[0].strip()
+    p.epilog = _EPILOG
     p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
     p.add_argument(
         "--estimators",
@@ -606,11 +651,56 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="nanoGPT data folder holding val.bin (required for nanoGPT checkpoints unless "
         "--data builtin)",
     )
+    p.add_argument(
+        "--text",
+        default=None,
+        help="Hugging Face save_pretrained folders: UTF-8 text file the evaluation windows "
+        "are cut from with the folder's tokenizer (--eval-examples windows, default 16)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="Hugging Face folders: tokens per window (default: context length, at most 1024)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a collective may wait before every rank stops (default 600)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
+_EPILOG = (
+    "Language-model evaluation windows (hessnorm gpt runs, nanoGPT ckpt.pt, Hugging Face "
+    "folders with --text): n = --eval-examples windows of T+1 consecutive tokens (T = "
+    "block size) from the N evaluation tokens, window i starting at floor(i*(N-T-1)/(n-1)) "
+    "(integer arithmetic; 0 when n = 1); inputs are its first T tokens, targets its last T. "
+    "Deterministic by default; --data-seed S draws random window offsets instead, and --eval-resamples K repeats the estimate on K such sets. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
+    "... splits the evaluation examples into contiguous shards (gloo on CPUs, NCCL with "
+    "--device cuda); every rank computes the same numbers, rank 0 prints and writes --out; "
+    "each rank holds the whole model."
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    from hessnorm import distributed
+
+    created = distributed.init_from_env(args.device, args.dist_timeout)
+    try:
+        return _run(args)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hessnorm import distributed
+
     check_analyze_options(
         eval_examples=args.eval_examples,
         device=args.device,
@@ -637,7 +727,11 @@ def run(args: argparse.Namespace) -> int:
         log=False if args.quiet else None,
         data_seed=args.data_seed,
         eval_resamples=args.eval_resamples,
+        text=args.text,
+        block_size=args.block_size,
     )
+    if distributed.rank() != 0:
+        return 0
     print(format_table(df))
     if args.out:
         print(f"wrote {write_results(df, args.out)}")

@@ -13,6 +13,11 @@ Kinds, detected from the file itself:
                   path ``"path/to/file.py:factory"``) or a trainer task name, the
                   evaluation batches from ``data="module:function"`` or the task.
 
+``hf``            a Hugging Face ``save_pretrained`` folder (``config.json`` and
+                  ``model.safetensors``/``pytorch_model.bin``, plus the tokenizer), a
+                  causal LM loaded by :mod:`hessnorm.hf` (extra ``hessnorm[hf]``);
+                  evaluation windows cut from a text file (``text=``) by the same rule.
+
 Every kind is loaded through the trainer task that owns its evaluation set: a
 nanoGPT checkpoint and a state_dict with ``task="gpt"`` get the ``gpt`` task's
 evaluation windows (:func:`hessnorm.train.tasks.lm_windows`, evenly spaced, 64 by
@@ -47,6 +52,7 @@ from hessnorm.train.tasks import build_task
 __all__ = [
     "detect",
     "expand",
+    "is_hf_folder",
     "load",
     "read_state",
     "load_state_into",
@@ -87,7 +93,7 @@ def _kind_of(obj: Any) -> str:
 
 
 def detect(path: str | Path) -> str:
-    """The kind of checkpoint at ``path``: hessnorm-run, run-folder, nanogpt or state_dict.
+    """The kind of checkpoint at ``path``: hessnorm-run, run-folder, nanogpt, state_dict or hf.
 
     Raises:
         CheckpointError: an unreadable or unrecognised file, or an empty folder.
@@ -100,6 +106,8 @@ def detect(path: str | Path) -> str:
         'state_dict'
     """
     path = Path(path)
+    if is_hf_folder(path):
+        return "hf"
     if path.is_dir():
         if not expand(path):
             raise CheckpointError(
@@ -111,14 +119,14 @@ def detect(path: str | Path) -> str:
 
 
 def expand(path: str | Path) -> list[Path]:
-    """A run folder becomes its checkpoints in step order; a file stays itself.
+    """A run folder becomes its checkpoints in step order; a file (or HF folder) stays itself.
 
     Example:
         >>> expand("weights.pt")
         [PosixPath('weights.pt')]
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_hf_folder(path):
         found = [p for _, p in list_checkpoints(path)]
         return found or _nanogpt_folder(path)
     return [path]
@@ -140,6 +148,69 @@ def _nanogpt_folder(path: Path) -> list[Path]:
     # a folder of nanoGPT out_dirs (out_100/ckpt.pt, out_200/ckpt.pt, ...): one run's
     # snapshots; analyze orders them by their iter_num
     return files or sorted(p for p in path.glob("*/ckpt.pt") if p.is_file())
+
+
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """True for a Hugging Face ``save_pretrained`` folder: ``config.json`` plus weights.
+
+    A hessnorm run folder also holds a ``config.json`` but no such weight file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> is_hf_folder(tempfile.mkdtemp())
+        False
+    """
+    path = Path(path)
+    return (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and any((path / f).is_file() for f in _HF_WEIGHTS)
+    )
+
+
+def _load_hf(path: Path, *, text, eval_examples, block_size, device, dtype) -> tuple:
+    """A Hugging Face folder through :func:`hessnorm.hf.causal_lm_batches`."""
+    from hessnorm import hf
+
+    if text is None:
+        raise ConfigError(
+            f"{path} is a Hugging Face model folder: its evaluation set is cut from a text "
+            "file, so pass text=FILE (CLI: --text FILE; with --eval-examples N windows of "
+            "--block-size T tokens)"
+        )
+    model, batches, info = hf.causal_lm_batches(
+        path,
+        text,
+        n=16 if eval_examples is None else eval_examples,
+        block_size=block_size,
+        dtype=torch.float32 if dtype is None else dtype,
+        device="cpu" if device is None else device,
+    )
+    meta = {
+        "kind": "hf",
+        "task": "causal-lm",
+        "optimizer": "unknown",
+        "step": None,
+        "rotation": None,
+        "architecture": info["architecture"],
+        "data": info["text"],
+        "split": "text",
+        "eval_windows": info["n_windows"],
+        "eval_tokens": info["block_size"],
+        "eval_rule": "lm_windows: " + info["window_rule"],
+        "data_seed": None,
+        "resample": None,
+        "notes": list(info["notes"]),
+    }
+    return model, batches, hf.causal_lm_loss, meta
 
 
 def resolve_callable(spec: str | Callable, what: str) -> Callable:
@@ -506,6 +577,8 @@ def load(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     data_seed: int | None = None,
+    text: str | Path | None = None,
+    block_size: int | None = None,
 ) -> tuple[nn.Module, list, Callable, dict]:
     """Rebuild ``(model, batches, loss_fn, meta)`` from a checkpoint file.
 
@@ -529,6 +602,11 @@ def load(
         data_seed: language models (nanoGPT, hessnorm gpt runs): None (default) keeps
             the deterministic :func:`~hessnorm.train.tasks.lm_windows` rule; an int draws
             random window offsets with it (:func:`nanogpt_eval_windows`).
+        text: Hugging Face folders only: the UTF-8 text file the evaluation windows
+            are cut from (``eval_examples`` windows, 16 by default, of ``block_size``
+            tokens, the model's context length up to 1024 by default, by
+            :func:`hessnorm.train.tasks.lm_windows`).
+        block_size: Hugging Face folders only: tokens per window.
 
     ``meta`` always holds ``kind``, ``task``, ``optimizer``, ``step``, ``rotation``,
     ``notes`` (list of str) and the evaluation data: ``data``, ``split``,
@@ -552,6 +630,16 @@ def load(
         ('state_dict', 'Linear')
     """
     path = Path(path)
+    if is_hf_folder(path):
+        net, batches, loss_fn, meta = _load_hf(
+            path,
+            text=text,
+            eval_examples=eval_examples,
+            block_size=block_size,
+            device=device,
+            dtype=dtype,
+        )
+        return net, batches, loss_fn, {"checkpoint": str(path), **meta}
     if path.is_dir():
         raise CheckpointError(
             f"{path} is a run folder; pass one of its checkpoints, or use analyze() for all"

@@ -42,3 +42,11 @@ class CheckpointError(HessnormError, ValueError):
 
 class ConfigError(HessnormError, ValueError):
     """An unknown task, optimizer, estimator or malformed option."""
+
+
+class MissingDependencyError(HessnormError, ImportError):
+    """An optional dependency is not installed (the message names the pip extra)."""
+
+
+class DistributedError(HessnormError, RuntimeError):
+    """Ranks of a torch.distributed analysis disagree, hold no data, or one of them failed."""

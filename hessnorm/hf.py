@@ -7,7 +7,7 @@ every ``from_pretrained`` call is made with ``local_files_only=True``.
 
 The Hessian is that of the mean next-token cross-entropy (:func:`causal_lm_loss`) over
 ``n`` windows of ``block_size`` tokens chosen by one deterministic rule
-(:func:`_lm_windows`), in eval mode (dropout off), with attention through PyTorch's math
+(:func:`hessnorm.train.tasks.lm_windows`), in eval mode (dropout off), with attention through PyTorch's math
 kernel (the fused kernels have no double backward). Example::
 
     from hessnorm import spectral_norm
@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hessnorm.errors import CheckpointError, ConfigError, HessnormError
+from hessnorm.errors import CheckpointError, ConfigError, HessnormError, MissingDependencyError
 from hessnorm.operator import HessianOperator
+from hessnorm.train.tasks import lm_windows
 
 __all__ = [
     "MissingDependencyError",
@@ -44,6 +45,7 @@ __all__ = [
     "causal_lm_loss",
     "LogitsOnly",
     "hf_operator",
+    "causal_lm_batches",
     "WINDOW_RULE",
     "SUPPORTED_ATTENTION",
 ]
@@ -51,7 +53,7 @@ __all__ = [
 #: Attention implementations whose HVPs hessnorm can compute (both end in plain ops).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
-#: The evaluation-window rule, in words (also in :func:`_lm_windows`).
+#: The evaluation-window rule, in words (also in :func:`hessnorm.train.tasks.lm_windows`).
 WINDOW_RULE = (
     "n windows of block_size+1 consecutive tokens whose starts are spread evenly over the "
     "token array: start_i = floor(i * (N - block_size - 1) / (n - 1)) for i = 0..n-1 "
@@ -66,10 +68,6 @@ _WEIGHT_FILES = (
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _DEFAULT_MAX_BLOCK = 1024
-
-
-class MissingDependencyError(HessnormError, ImportError):
-    """An optional dependency (here ``transformers``) is not installed."""
 
 
 def _transformers():
@@ -357,45 +355,6 @@ def _check_window_args(n: Any, block_size: Any) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _lm_windows(tokens, n: int, block_size: int) -> tuple[Tensor, Tensor]:
-    """Deterministic language-model evaluation windows from a token array.
-
-    The rule (one rule for every format): ``n`` windows of ``block_size + 1``
-    consecutive tokens, whose starts are spread evenly over the array of ``N`` tokens,
-    ``start_i = floor(i (N - block_size - 1) / (n - 1))`` for ``i = 0..n-1`` (the first
-    window starts at token 0 and the last ends at token ``N - 1``; ``start_0 = 0`` when
-    ``n = 1``). Each window ``w`` gives ``inputs = w[:-1]`` and ``targets = w[1:]``.
-    Windows overlap only when ``N < n (block_size + 1)``. No randomness, no seed.
-
-    Args:
-        tokens: 1-D integer array or tensor.
-        n: number of windows (>= 1).
-        block_size: tokens per input row T (>= 1).
-
-    Returns:
-        ``(inputs, targets)``, int64 tensors of shape (n, T).
-
-    Example:
-        >>> x, y = _lm_windows(list(range(10)), 2, 3)
-        >>> x.tolist(), y.tolist()
-        ([[0, 1, 2], [6, 7, 8]], [[1, 2, 3], [7, 8, 9]])
-    """
-    _check_window_args(n, block_size)
-    arr = torch.as_tensor(np.asarray(tokens), dtype=torch.int64).reshape(-1)
-    N = arr.numel()
-    if N < block_size + 1:
-        raise ConfigError(
-            f"{N} tokens are fewer than one window of block_size+1 = {block_size + 1}; "
-            "lower block_size or give more tokens"
-        )
-    span, n = N - block_size - 1, int(n)
-    # integer arithmetic: np.linspace(...).astype(int) can round 4.999... down to 4
-    starts = torch.arange(n, dtype=torch.int64) * span // max(n - 1, 1)
-    idx = starts.view(-1, 1) + torch.arange(block_size + 1)
-    w = arr[idx]
-    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
-
-
 def _tokenize(tokenizer, text: str) -> list[int]:
     # the file is one stream of text, as nanoGPT's val.bin: no BOS/EOS added
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
@@ -412,7 +371,7 @@ def text_windows(
     """Tokenize a text file with the folder's tokenizer and cut evaluation windows.
 
     The whole file is tokenized as one stream (``add_special_tokens=False``), then
-    :func:`_lm_windows` picks ``n`` non-overlapping windows (rule: ``WINDOW_RULE``).
+    :func:`hessnorm.train.tasks.lm_windows` picks ``n`` non-overlapping windows (rule: ``WINDOW_RULE``).
 
     Args:
         model_dir: ``save_pretrained`` folder holding the tokenizer.
@@ -450,7 +409,7 @@ def text_windows(
             + ", or ".join(fixes)
             + "."
         )
-    x, y = _lm_windows(ids, n, block_size)
+    x, y = lm_windows(ids, n, block_size)
     return x, y, len(ids)
 
 
@@ -461,9 +420,9 @@ def causal_lm_loss(outputs: Any, targets: Tensor, *, ignore_index: int = -100) -
     ``P`` holds every position of the (B, T) targets except those equal to
     ``ignore_index`` (transformers' padding convention, -100). The targets are already
     shifted (``targets[b, t]`` is the token after ``inputs[b, t]``, as
-    :func:`_lm_windows` builds them), so no shift happens here, unlike
+    :func:`~hessnorm.train.tasks.lm_windows` builds them), so no shift happens here, unlike
     ``model(input_ids, labels=...)`` which shifts labels itself. Windows from
-    :func:`_lm_windows` ignore nothing, so batch means weighted by window count (what
+    :func:`~hessnorm.train.tasks.lm_windows` ignore nothing, so batch means weighted by window count (what
     :class:`HessianOperator` does) give the mean over all tokens. The logits are used
     in their own dtype (transformers' labels path casts them to float32).
 
@@ -534,6 +493,64 @@ class LogitsOnly(nn.Module):
         return self._hf(input_ids).logits
 
 
+def causal_lm_batches(
+    model_dir: str | os.PathLike,
+    text_path: str | os.PathLike,
+    *,
+    n: int = 16,
+    block_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, list[tuple[Tensor, Tensor]], dict[str, Any]]:
+    """A Hugging Face causal LM and its evaluation batches from a text file.
+
+    What :func:`hf_operator` and ``hessnorm analyze MODEL_DIR --text FILE`` build the
+    operator from: the model (:func:`load_causal_lm`), ``n`` windows of
+    ``block_size`` tokens of ``text_path`` (:func:`text_windows`, rule
+    ``WINDOW_RULE``) in batches of ``batch_size``; the loss is :func:`causal_lm_loss`.
+    Arguments as in :func:`hf_operator`.
+
+    Returns:
+        ``(model, batches, info)``; ``info`` as :func:`hf_operator` describes it.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    model, info = load_causal_lm(
+        model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation
+    )
+    context = getattr(model.config, "max_position_embeddings", None)
+    if block_size is None:
+        block_size = min(context or _DEFAULT_MAX_BLOCK, _DEFAULT_MAX_BLOCK)
+    elif context is not None and block_size > context:
+        raise ConfigError(
+            f"block_size {block_size} exceeds the model's context length {context} "
+            "(max_position_embeddings); use a block size of at most that"
+        )
+    tok = load_tokenizer(model_dir)
+    x, y, n_text = text_windows(model_dir, text_path, n=n, block_size=block_size, tokenizer=tok)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    top = int(torch.maximum(x.max(), y.max()))
+    if top >= vocab:
+        raise CheckpointError(
+            f"the tokenizer in {model_dir} produced token id {top}, outside the model's "
+            f"vocabulary of {vocab}: tokenizer and weights do not belong together"
+        )
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+    data = f"{text_path}: {n} windows x {block_size} tokens ({n * block_size} predicted tokens)"
+    info = dict(info)
+    info.update(
+        text=str(text_path),
+        n_windows=int(n),
+        block_size=int(block_size),
+        n_tokens_text=n_text,
+        window_rule=WINDOW_RULE,
+        data=data,
+    )
+    return model, batches, info
+
+
 def hf_operator(
     model_dir: str | os.PathLike,
     text_path: str | os.PathLike,
@@ -573,41 +590,20 @@ def hf_operator(
         ``text``, ``n_windows``, ``block_size``, ``n_tokens_text``, ``window_rule``
         and ``data`` (one line naming the evaluation set).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    model, info = load_causal_lm(
-        model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation
+    model, batches, info = causal_lm_batches(
+        model_dir,
+        text_path,
+        n=n,
+        block_size=block_size,
+        dtype=dtype,
+        batch_size=batch_size,
+        device=device,
+        attn_implementation=attn_implementation,
     )
-    context = getattr(model.config, "max_position_embeddings", None)
-    if block_size is None:
-        block_size = min(context or _DEFAULT_MAX_BLOCK, _DEFAULT_MAX_BLOCK)
-    elif context is not None and block_size > context:
-        raise ConfigError(
-            f"block_size {block_size} exceeds the model's context length {context} "
-            "(max_position_embeddings); use a block size of at most that"
-        )
-    tok = load_tokenizer(model_dir)
-    x, y, n_text = text_windows(model_dir, text_path, n=n, block_size=block_size, tokenizer=tok)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    top = int(torch.maximum(x.max(), y.max()))
-    if top >= vocab:
-        raise CheckpointError(
-            f"the tokenizer in {model_dir} produced token id {top}, outside the model's "
-            f"vocabulary of {vocab}: tokenizer and weights do not belong together"
-        )
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
     op = HessianOperator.from_module(
         model, causal_lm_loss, batches, params=params, dtype=dtype, device=device, mode=mode
     )
-    data = f"{text_path}: {n} windows x {block_size} tokens ({n * block_size} predicted tokens)"
-    info = dict(info)
-    info.update(
-        text=str(text_path),
-        n_windows=int(n),
-        block_size=int(block_size),
-        n_tokens_text=n_text,
-        window_rule=WINDOW_RULE,
-        data=data,
+    op.description = (
+        f"{info['architecture']} ({info['attn_implementation']} attention) on {info['data']}"
     )
-    op.description = f"{info['architecture']} ({info['attn_implementation']} attention) on {data}"
     return op, info

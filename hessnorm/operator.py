@@ -189,6 +189,17 @@ def _analysis_dtype(stored: torch.dtype, requested: torch.dtype | None) -> torch
     return requested
 
 
+def _process_group(group: Any) -> Any:
+    """The group a new operator reduces over: ``group``, else the default one if initialised."""
+    if group is not None:
+        return group
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return None
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
@@ -360,6 +371,7 @@ class HessianOperator(_Base):
         max_cached_batches: int = 8,
         description: str = "",
         _fwd_ok: bool | None = None,
+        _dist: Any = None,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -391,6 +403,7 @@ class HessianOperator(_Base):
         self.description = description
         self.matvec_count = 0
         self._fwd_ok = _fwd_ok
+        self._dist = _dist  # hessnorm.distributed.DataParallel, or None
         self._graphs: list[tuple[Tensor, Tensor]] | None = None
         self._auto_chunk: int | None = None
 
@@ -410,6 +423,7 @@ class HessianOperator(_Base):
         mode: str = "auto",
         memory_budget: int | None = None,
         max_cached_batches: int = 8,
+        process_group: Any = None,
     ) -> HessianOperator:
         """Hessian of the mean of ``loss_fn(model(inputs), targets)`` over ``data``.
 
@@ -438,10 +452,66 @@ class HessianOperator(_Base):
             max_cached_batches: ``"graph"`` mode keeps at most this many batch graphs,
                 and only while they fit in ``memory_budget``; otherwise single
                 vectors take the ``"fwd"`` path.
+            process_group: a ``torch.distributed`` group over which ``data`` is
+                sharded. Default: the default group when ``torch.distributed`` is
+                initialised, otherwise none. With a group, ``data`` is this rank's
+                shard and ``loss()``, ``gradient()``, ``hvp()`` and ``dense()`` are
+                those of the mean over the examples of ALL ranks (batch terms weighted
+                by ``n_b / N``, ``N`` all-reduced once here; partial sums all-reduced),
+                identical on every rank; every rank must make the same calls. See
+                :mod:`hessnorm.distributed`: each rank holds the whole model.
 
         Raises:
             EmptyDataError, SelectionError, StochasticModelError, ShapeError.
+            DistributedError: the ranks hold different models, or another rank failed.
+            With a process group an empty shard on any rank raises EmptyDataError on
+            every rank.
         """
+        group = _process_group(process_group)
+        if group is None:
+            parts = cls._local_parts(
+                model, loss_fn, data, params, dtype, device, batchnorm, allow_empty=False
+            )
+            total, dp = float(sum(parts["counts"])), None
+        else:
+            from hessnorm.distributed import DataParallel
+
+            dp = DataParallel(group)
+            error, parts = None, None
+            try:
+                parts = cls._local_parts(
+                    model, loss_fn, data, params, dtype, device, batchnorm, allow_empty=True
+                )
+            except Exception as exc:  # noqa: BLE001 - raised on every rank by check()
+                error = exc
+            dp.check("building the Hessian operator", error)
+            dp.setup(sum(parts["counts"]), parts["checked"], int(parts["point"].numel()))
+            total = float(dp.total)
+        weights = [w / total for w in parts["counts"]]
+        desc = parts["desc"].format(
+            examples=f"{int(total)} examples"
+            if dp is None
+            else f"{int(total)} examples over {dp.world} ranks "
+            f"(rank {dp.rank}: {dp.counts[dp.rank]})",
+        )
+        return cls(
+            parts["batch_loss"],
+            parts["batches"],
+            weights,
+            parts["point"],
+            parts["names"],
+            parts["shapes"],
+            mode=mode,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            max_cached_batches=max_cached_batches,
+            description=desc,
+            _dist=dp,
+        )
+
+    @staticmethod
+    def _local_parts(model, loss_fn, data, params, dtype, device, batchnorm, allow_empty):
+        """This process's part of :meth:`from_module`: model copy, point, batches, counts."""
         if batchnorm not in _BN_MODES:
             raise ValueError(f"batchnorm must be one of {_BN_MODES}, got {batchnorm!r}")
         for mname, m in model.named_modules():
@@ -486,7 +556,7 @@ class HessianOperator(_Base):
             p.requires_grad_(False)
 
         batches = _normalize_batches(data)
-        if not batches:
+        if not batches and not allow_empty:
             raise EmptyDataError("data holds no batch: give at least one (inputs, targets) batch")
         moved, weights = [], []
         for inputs, targets in batches:
@@ -495,10 +565,8 @@ class HessianOperator(_Base):
                 continue
             moved.append((_to_device(inputs, device, dtype), _to_device(targets, device, dtype)))
             weights.append(n)
-        if not moved:
+        if not moved and not allow_empty:
             raise EmptyDataError("every batch in data is empty: the mean loss is undefined")
-        total = float(sum(weights))
-        weights = [w / total for w in weights]
         splits = [math.prod(shapes[n]) for n in names]
 
         def batch_loss(x: Tensor, batch: Any) -> Tensor:
@@ -510,24 +578,21 @@ class HessianOperator(_Base):
             return loss_fn(out, targets)
 
         desc = (
-            f"{type(model).__name__} on {int(total)} examples in {len(moved)} batches, "
-            f"batchnorm={batchnorm}"
+            f"{type(model).__name__} on {{examples}} in {len(moved)} batches, batchnorm={batchnorm}"
         )
         if dtype != stored_dtype:
             desc += f", model stored in {stored_dtype} analysed in {dtype}"
-        return cls(
-            batch_loss,
-            moved,
-            weights,
-            point,
-            names,
-            shapes,
-            mode=mode,
-            chunk_size=chunk_size,
-            memory_budget=memory_budget,
-            max_cached_batches=max_cached_batches,
-            description=desc,
-        )
+        return {
+            "batch_loss": batch_loss,
+            "batches": moved,
+            "counts": weights,
+            "point": point,
+            "names": names,
+            "shapes": shapes,
+            "desc": desc,
+            # what the ranks of a process group must agree on
+            "checked": [point, *(fixed[k] for k in sorted(fixed))],
+        }
 
     @classmethod
     def from_function(
@@ -581,6 +646,7 @@ class HessianOperator(_Base):
             max_cached_batches=self.max_cached_batches,
             description=self.description,
             _fwd_ok=self._fwd_ok,
+            _dist=self._dist,
         )
 
     # ------------------------------------------------------------------ flat views
@@ -616,6 +682,11 @@ class HessianOperator(_Base):
 
     def loss(self, x: Tensor | None = None) -> float:
         """Mean loss over the evaluation set at ``x`` (default: the operator's point)."""
+        if self._dist is not None:
+            return float(self._dist.reduce("the loss", lambda: self._loss_tensor(x))[0])
+        return self._local_loss(x)
+
+    def _local_loss(self, x: Tensor | None) -> float:
         x = self._resolve_point(x)
         total = 0.0
         with torch.no_grad():
@@ -626,8 +697,16 @@ class HessianOperator(_Base):
                 total += w * float(val)
         return total
 
+    def _loss_tensor(self, x: Tensor | None) -> Tensor:
+        return torch.tensor([self._local_loss(x)], dtype=torch.float64, device=self.device)
+
     def gradient(self, x: Tensor | None = None) -> Tensor:
         """Gradient of the mean loss at ``x`` (default: the operator's point), shape (d,)."""
+        if self._dist is not None:
+            return self._dist.reduce("the gradient", lambda: self._local_gradient(x))
+        return self._local_gradient(x)
+
+    def _local_gradient(self, x: Tensor | None) -> Tensor:
         x = self._resolve_point(x)
         g = torch.zeros_like(x)
         grad_fn = torch.func.grad(self._batch_loss)
@@ -657,6 +736,11 @@ class HessianOperator(_Base):
             >>> torch.equal(op.dense(), A)
             True
         """
+        if self._dist is not None:
+            return self._dist.reduce("the dense Hessian", lambda: self._local_dense(chunk_size))
+        return self._local_dense(chunk_size)
+
+    def _local_dense(self, chunk_size: int) -> Tensor:
         x0 = self.point.detach()
         H = torch.zeros(self.d, self.d, dtype=self.dtype, device=self.device)
         for w, b in zip(self._weights, self._batches):
@@ -670,18 +754,27 @@ class HessianOperator(_Base):
 
         Cost: k HVPs (counted in ``matvec_count``), each about two gradient passes.
         """
-        V, single = self._check_vector(v)
-        mode = self._mode_for(V.shape[0])
-        if mode == "graph":
-            out = self._hvp_graph(V)
+        if self._dist is not None:
+            # the shape check runs inside the reduction: a bad v on one rank stops all
+            out = self._dist.reduce("a Hessian-vector product", lambda: self._local_hvp(v))
+            single = v.dim() == 1
         else:
-            chunk = self._chunk(V.shape[0])
-            pieces = [self._hvp_block(V[i : i + chunk], mode) for i in range(0, V.shape[0], chunk)]
-            out = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        self.matvec_count += V.shape[0]
+            out = self._local_hvp(v)
+            single = v.dim() == 1
+        self.matvec_count += out.shape[0]
         if not torch.isfinite(out).all():
             self._raise_nonfinite("Hessian-vector product", out, self.point)
         return out[0] if single else out
+
+    def _local_hvp(self, v: Tensor) -> Tensor:
+        """H_shard V of shape (k, d): this process's batches, weighted by n_b / N."""
+        V, _ = self._check_vector(v)
+        mode = self._mode_for(V.shape[0])
+        if mode == "graph":
+            return self._hvp_graph(V)
+        chunk = self._chunk(V.shape[0])
+        pieces = [self._hvp_block(V[i : i + chunk], mode) for i in range(0, V.shape[0], chunk)]
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     @property
     def strategy(self) -> str:

@@ -17,17 +17,16 @@ import pytest
 import torch
 
 from hessnorm import spectral_norm
-from hessnorm.errors import CheckpointError, ConfigError
+from hessnorm.errors import CheckpointError, ConfigError, MissingDependencyError
 from hessnorm.hf import (
     LogitsOnly,
-    MissingDependencyError,
-    _lm_windows,
     causal_lm_loss,
     hf_operator,
     load_causal_lm,
     load_tokenizer,
     text_windows,
 )
+from hessnorm.train.tasks import lm_windows
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -289,20 +288,22 @@ class _Pickled:
 
 def test_lm_windows_rule():
     tokens = np.arange(100)
-    x, y = _lm_windows(tokens, 5, 9)
+    x, y = lm_windows(tokens, 5, 9)
     assert x.shape == y.shape == (5, 9) and x.dtype == torch.int64
     assert x[:, 0].tolist() == [0, 22, 45, 67, 90]  # floor(i * 90 / 4)
     assert int(y[-1, -1]) == 99 and torch.equal(y[:, :-1], x[:, 1:])
     assert x[:, 0].tolist() == [i * 90 // 4 for i in range(5)]
     # the exact floor, where np.linspace(...).astype(int) would give 4 instead of 5
-    assert _lm_windows(np.arange(47), 23, 16)[0][:, 0].tolist() == [i * 30 // 22 for i in range(23)]
-    assert _lm_windows(tokens, 1, 9)[0][0].tolist() == list(range(9))
-    with pytest.raises(ConfigError, match="100 tokens are fewer than one window"):
-        _lm_windows(tokens, 2, 100)
-    with pytest.raises(ConfigError, match="n must be a positive integer"):
-        _lm_windows(tokens, 0, 9)
-    with pytest.raises(ConfigError, match="block_size must be a positive integer"):
-        _lm_windows(tokens, 2, 2.5)
+    assert lm_windows(np.arange(47), 23, 16)[0][:, 0].tolist() == [i * 30 // 22 for i in range(23)]
+    assert lm_windows(tokens, 1, 9)[0][0].tolist() == list(range(9))
+    with pytest.raises(ConfigError, match="100 tokens, fewer than block_size"):
+        lm_windows(tokens, 2, 100)
+    with pytest.raises(
+        ConfigError, match=r"number of evaluation windows must be a positive integer \(>= 1\)"
+    ):
+        lm_windows(tokens, 0, 9)
+    with pytest.raises(ConfigError, match=r"block_size must be a positive integer \(>= 1\)"):
+        lm_windows(tokens, 2, 2.5)
 
 
 def test_causal_lm_loss():

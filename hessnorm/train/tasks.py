@@ -102,11 +102,16 @@ def lm_windows(tokens, n: int, block_size: int) -> tuple[torch.Tensor, torch.Ten
     """The evaluation windows of a language model: the one rule for every checkpoint format.
 
     ``n`` windows of ``block_size + 1`` consecutive tokens whose starts are evenly
-    spaced over the whole split, ``numpy.linspace(0, len(tokens) - block_size - 1, n)``
-    rounded down: deterministic (no seed), spread over the split, and the same for
-    the trainer's ``gpt`` task and for nanoGPT ``ckpt.pt`` files, so the same
+    spaced over the whole split of ``N`` tokens,
+    ``start_i = floor(i (N - block_size - 1) / (n - 1))`` for ``i = 0..n-1``
+    (``start_0 = 0`` when ``n = 1``), computed in integer arithmetic (a float
+    ``linspace`` can round an exact integer such as 30 down to 29): deterministic
+    (no seed), spread over the split (the first window starts at token 0, the last
+    ends at token ``N - 1``), and the same for the trainer's ``gpt`` task, nanoGPT
+    ``ckpt.pt`` files and Hugging Face folders (``analyze --text``), so the same
     weights always get the same Hessian. Inputs are the first ``block_size`` tokens
-    of each window, targets the last ``block_size`` (shifted by one).
+    of each window, targets the last ``block_size`` (shifted by one). Windows
+    overlap only when ``N < n (block_size + 1)``.
 
     Args:
         tokens: a 1-D integer sequence (numpy array, memmap of ``val.bin``, list).
@@ -117,21 +122,24 @@ def lm_windows(tokens, n: int, block_size: int) -> tuple[torch.Tensor, torch.Ten
         ``(inputs, targets)``, int64 tensors of shape (n, T) on the CPU.
 
     Raises:
-        ConfigError: fewer than ``block_size + 1`` tokens, or ``n < 1``.
+        ConfigError: at most ``block_size + 1`` tokens, or ``n``/``block_size`` not a
+            positive integer.
 
     Example:
         >>> x, y = lm_windows(list(range(10)), 2, 3)
         >>> x.tolist(), y.tolist()
         ([[0, 1, 2], [6, 7, 8]], [[1, 2, 3], [7, 8, 9]])
     """
+    for what, value in (("the number of evaluation windows", n), ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{what} must be a positive integer (>= 1), got {value!r}")
     T = int(block_size)
     if len(tokens) <= T + 1:
         raise ConfigError(
             f"the evaluation split has {len(tokens)} tokens, fewer than block_size + 1 = {T + 1}"
         )
-    if int(n) < 1:
-        raise ConfigError(f"the number of evaluation windows must be >= 1, got {n}")
-    starts = np.linspace(0, len(tokens) - T - 1, int(n)).astype(np.int64).tolist()
+    n, span = int(n), len(tokens) - T - 1
+    starts = [i * span // max(n - 1, 1) for i in range(n)]
     rows = torch.from_numpy(
         np.stack([np.asarray(tokens[i : i + T + 1], dtype=np.int64) for i in starts])
     )
