@@ -486,9 +486,9 @@ def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.
     for b, h in zip(bars, hatches):
         b.set_hatch(h)
     for yi, v in zip(y, vals):
-        ax.text(v, yi + 0.28, f" {v:.3g}", va="center", fontsize=8)
+        ax.text(v, yi + 0.3, f" {v:.3g}", va="bottom", fontsize=7.5)
     ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlim(0, 1.05)
+    ax.set_xlim(0, min(1.05, 1.25 * max([v + h for v, h in zip(vals, hi)] + [1e-3])))
     ax.set_xlabel("Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ (error bars: interval)")
     ax.set_title("share of the (1,1)-mass on the diagonal", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
@@ -503,8 +503,8 @@ def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.
             ax.barh(yt + (len(run_labels) - 1 - 2 * j) * width / 2, v, height=width,
                     color=colors.get(lab, f"C{j}"), label=lab)  # fmt: skip
         ax.set_yticks(yt, tensors, fontsize=7.5)
-        ax.set_xlim(0, 1.05)
-        ax.set_xlabel("Σ_{i∈tensor}|Hᵢᵢ| / Σ_{i∈tensor} Σⱼ|Hᵢⱼ| (the tensor's rows)")
+        ax.set_xlim(0, min(1.05, 1.2 * float(pt["share"].max()) + 1e-3))
+        ax.set_xlabel("Σᵢ|Hᵢᵢ| / Σᵢ Σⱼ|Hᵢⱼ| over the tensor's rows i")
         more = "" if len(set(pt["tensor"])) <= len(tensors) else f", first {len(tensors)}"
         ax.set_title(f"per tensor (point estimates{more})", fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
