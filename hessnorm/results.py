@@ -167,8 +167,17 @@ def _diagonal_share(op, *, n_cauchy, seed, tol, progress):
 
 def _block_spectra(kind: str):
     def run(op, *, n_cauchy, seed, tol, progress):
+        from hessnorm.errors import SelectionError
         from hessnorm.estimators.density import block_heterogeneity, block_spectra
+        from hessnorm.operator import HessianOperator
         from hessnorm.partition import Partition
+
+        if not isinstance(op, HessianOperator):
+            raise SelectionError(
+                f"block-spectra:{kind} needs the model's named parameters, but this Hessian acts "
+                f"on unnamed coordinates ({type(op).__name__}: e.g. a rotated-adam run, analysed "
+                "in its rotated coordinates); drop block-spectra for such runs"
+            )
 
         # 4 probes x 24 steps per block (the SLQ default is 8 x 32): a by_tensor partition of
         # GPT-2 (148 tensors) then costs about 148 * 96 = 14k HVPs.

@@ -111,3 +111,11 @@ def test_per_dim_label():
     assert per_dim_label("") == "estimate / d"
     assert per_dim_label("tr(H)") == "tr(H) / d"
     assert per_dim_label("mean pairwise JS distance") == "mean pairwise JS distance"
+
+
+def test_block_spectra_needs_named_parameters():
+    from hessnorm.errors import SelectionError
+
+    op = DenseOperator(torch.eye(4, dtype=torch.float64))
+    with pytest.raises(SelectionError, match="needs the model's named parameters"):
+        ESTIMATORS["block-spectra:by_tensor"].run(op, n_cauchy=5, seed=0, tol=1e-3, progress=False)
