@@ -76,12 +76,17 @@ def test_parse_estimators_and_errors():
 
 def test_spectrum_entries_equal_direct_calls():
     """Each spectrum entry's Estimate is the direct estimator call with the same seed."""
+    from torch import nn
+
     from hessnorm.estimators.density import block_heterogeneity, block_spectra, spectral_density
     from hessnorm.estimators.diagonal import diagonal_share
     from hessnorm.estimators.trace import trace
-    from hessnorm.testing import make_problem
+    from hessnorm.operator import HessianOperator
 
-    op = make_problem("mlp")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()  # d = 75
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.arange(16) % 3
+    op = HessianOperator.from_module(net, nn.functional.cross_entropy, (x, y))
     kw = dict(n_cauchy=20, seed=3, tol=1e-6, progress=False)
     assert ESTIMATORS["trace"].run(op, **kw).value == trace(op, seed=3).value
     dens = ESTIMATORS["density"].run(op, **kw)
