@@ -225,10 +225,13 @@ class SpectralDensity:
             _, ax = plt.subplots(figsize=(5, 3.5))
         x = self.default_grid(sigma) if grid is None else torch.as_tensor(grid, dtype=torch.float64)
         y = self.density(x, sigma)
-        floor = 1e-12 * float(y.max()) if float(y.max()) > 0 else 1e-300
+        # floor 1e-7 of the peak (PyHessian draws density + 1e-7): deeper gaps between
+        # isolated Ritz values only stretch the axis
+        floor = 1e-7 * float(y.max()) if float(y.max()) > 0 else 1e-300
         kwargs.setdefault("label", self.name)
         ax.plot(x.numpy(), y.clamp_min(floor).numpy(), **kwargs)
         ax.set_yscale("log")
+        ax.set_ylim(floor, 3 * max(float(y.max()), floor))
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log scale)")
         ax.set_title(f"SLQ density ({self.n_probes} probes x {self.steps} steps, d={self.d})")
