@@ -11,6 +11,12 @@ CLI::
 Estimators: the names of :data:`hessnorm.results.ESTIMATORS` (the registry holds
 their labels and per-dimension rules).
 
+Spectrum estimators (``trace``, ``density``, ``diagonal-share``,
+``rotated-diagonal-share``, ``block-spectra:by_tensor``) give one number per row too
+(see :mod:`hessnorm.results`); the densities behind ``density`` and ``block-spectra``
+travel in ``df.attrs["spectra"]`` and :func:`write_results` writes them to a sidecar
+``<out stem>.spectra.json`` named in the rows' ``details``.
+
 Checkpoints of a run trained with rotated Adam are analysed **in the run's own
 rotated coordinates** (the Hessian RᵀHR of L∘R, the loss that run optimised, as in
 paper 000 Table 2); the ``rotation`` column says so and a note is printed.
@@ -40,7 +46,14 @@ from hessnorm.results import (
 from hessnorm.rotation import parse as parse_rotation
 from hessnorm.rotation import spec_string
 
-__all__ = ["analyze", "analyze_operator", "smoothness_along_run", "write_results"]
+__all__ = [
+    "analyze",
+    "analyze_operator",
+    "smoothness_along_run",
+    "write_results",
+    "spectra_key",
+    "spectra_path",
+]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -70,7 +83,10 @@ def analyze_operator(
     """Run the named estimators on one operator; a list of row dicts (no checkpoint columns).
 
     ``rotation`` (a spec string or rotation object) is used by the ``rotated-*``
-    estimators only. Cost: that of each named estimator (see its docstring).
+    estimators only. Cost: that of each named estimator (see its docstring). Rows of
+    the ``density`` and ``block-spectra:*`` estimators carry one more key,
+    ``spectra`` (block name -> :class:`~hessnorm.estimators.density.SpectralDensity`),
+    which is not a column.
 
     Example:
         >>> import torch
@@ -91,13 +107,17 @@ def analyze_operator(
             target = op.rotated(R)
         est = spec.run(target, n_cauchy=n_cauchy, seed=seed, tol=tol, progress=progress)
         row = est.to_dict(details=False)
+        details = dict(est.details)
+        spectra = details.pop("spectra", None)
         row.update(
             estimator=name,
             metric=spec.metric,
             bound=spec.bound,
             bound_per_dim=spec.bound_per_dim(est.value, op.d),
-            details=json.dumps(_jsonable(dict(est.details)), ensure_ascii=False),
+            details=json.dumps(_jsonable(details), ensure_ascii=False),
         )
+        if spectra is not None:
+            row["spectra"] = spectra
         if spec.rotated:
             row["rotation"] = spec_string(rotation)
         rows.append(row)
@@ -300,7 +320,21 @@ def analyze(
             )
             row["details"] = _annotate_details(row["estimator"], row["details"], sizes)
             rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["spectra"] = {
+        spectra_key(row): {"blocks": row["spectra"]} for row in rows if "spectra" in row
+    }
+    return df
+
+
+def spectra_key(row) -> str:
+    """The sidecar key of a result row: ``"<checkpoint> | <estimator> | <rotation>"``.
+
+    Example:
+        >>> spectra_key({"checkpoint": "r/ckpt_000002.pt", "estimator": "density", "rotation": "none"})
+        'r/ckpt_000002.pt | density | none'
+    """
+    return f"{row['checkpoint']} | {row['estimator']} | {row['rotation']}"
 
 
 _DATA_KEYS = ("data", "split", "eval_windows", "eval_tokens", "eval_rule", "data_seed")
@@ -559,8 +593,27 @@ def smoothness_along_run(
     )
 
 
+def spectra_path(path: str | Path) -> Path:
+    """The spectra sidecar of a results file: ``results.csv`` -> ``results.spectra.json``.
+
+    Example:
+        >>> spectra_path("out/results.csv").as_posix()
+        'out/results.spectra.json'
+    """
+    path = Path(path)
+    return path.with_name(path.stem + ".spectra.json")
+
+
 def write_results(df, path: str | Path) -> Path:
     """Write results as CSV or JSON (by suffix), atomically.
+
+    When ``df.attrs["spectra"]`` (set by :func:`analyze`) holds densities for rows of
+    ``df``, they are first written, atomically, to :func:`spectra_path` ``(path)`` in
+    the format :data:`hessnorm.results.SPECTRA_FORMAT` (per block: the per-probe SLQ
+    nodes and weights and the broadened density on a grid,
+    :meth:`~hessnorm.estimators.density.SpectralDensity.to_dict`), and those rows'
+    ``details`` gain ``spectra_file`` (the sidecar's name, relative to the results
+    file's folder) and ``spectra_key`` (:func:`spectra_key`).
 
     Raises:
         ConfigError: a suffix other than ``.csv`` or ``.json``.
@@ -577,6 +630,7 @@ def write_results(df, path: str | Path) -> Path:
     if path.suffix not in (".csv", ".json"):
         raise ConfigError(f"--out must end in .csv or .json, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    df = _with_spectra_sidecar(df, path)
     if path.suffix == ".csv":
         atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     else:
@@ -584,6 +638,42 @@ def write_results(df, path: str | Path) -> Path:
             path, lambda tmp: df.to_json(tmp, orient="records", indent=1, force_ascii=False)
         )
     return path
+
+
+def _with_spectra_sidecar(df, path: Path):
+    """Write the sidecar of the densities in ``df.attrs`` (if any); rows name it."""
+    import pandas as pd
+
+    from hessnorm._io import atomic_write_bytes
+    from hessnorm.results import SPECTRA_FORMAT
+
+    spectra = df.attrs.get("spectra") or {}
+    if not spectra or df.empty:
+        return df
+    side = spectra_path(path)
+    payload, details = {}, []
+    for row in df.to_dict(orient="records"):
+        key = spectra_key(row)
+        d = json.loads(row["details"]) if isinstance(row["details"], str) else {}
+        if key in spectra:
+            payload[key] = {
+                "checkpoint": str(row["checkpoint"]),
+                "step": None if pd.isna(row["step"]) else int(row["step"]),
+                "estimator": row["estimator"],
+                "rotation": row["rotation"],
+                "run": row["run"],
+                "optimizer": row["optimizer"],
+                "blocks": {str(k): sd.to_dict() for k, sd in spectra[key]["blocks"].items()},
+            }
+            d.update(spectra_file=side.name, spectra_key=key)
+        details.append(json.dumps(d, ensure_ascii=False) if d else row["details"])
+    if not payload:
+        return df
+    doc = {"format": SPECTRA_FORMAT, "results": path.name, "spectra": payload}
+    atomic_write_bytes(side, json.dumps(_jsonable(doc), ensure_ascii=False).encode("utf-8"))
+    out = df.copy()
+    out["details"] = details
+    return out
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -735,6 +825,8 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(df))
     if args.out:
         print(f"wrote {write_results(df, args.out)}")
+        if df.attrs.get("spectra"):
+            print(f"wrote {spectra_path(args.out)}")
     return 0
 
 

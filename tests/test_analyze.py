@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_analyze_rejects_unknown_estimator(tmp_path):
     with pytest.raises(errors.ConfigError, match="unknown estimator.*choose from spectral"):
-        hn.analyze([tmp_path], estimators="trace", progress=False)
+        hn.analyze([tmp_path], estimators="trace-norm", progress=False)
 
 
 def test_train_analyze_report_end_to_end(tmp_path):

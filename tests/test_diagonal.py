@@ -20,8 +20,9 @@ def _share(H):
     return float(H.diagonal().abs().sum() / H.abs().sum())
 
 
-def test_exact_mode_equals_dense_diagonal(problems):
-    op, H = problems["mlp"]
+@pytest.mark.parametrize("name", ["mlp", "conv_bn", "transformer"])
+def test_exact_mode_equals_dense_diagonal(problems, name):
+    op, H = problems[name]
     D = diagonal(op, exact=True, chunk_size=256)
     assert D.exact and D.n_hvp == op.d
     err = (D.values - H.diagonal()).abs()

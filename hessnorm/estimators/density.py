@@ -225,14 +225,80 @@ class SpectralDensity:
             _, ax = plt.subplots(figsize=(5, 3.5))
         x = self.default_grid(sigma) if grid is None else torch.as_tensor(grid, dtype=torch.float64)
         y = self.density(x, sigma)
-        floor = 1e-12 * float(y.max()) if float(y.max()) > 0 else 1e-300
+        # floor 1e-7 of the peak (PyHessian draws density + 1e-7): deeper gaps between
+        # isolated Ritz values only stretch the axis
+        floor = 1e-7 * float(y.max()) if float(y.max()) > 0 else 1e-300
         kwargs.setdefault("label", self.name)
         ax.plot(x.numpy(), y.clamp_min(floor).numpy(), **kwargs)
         ax.set_yscale("log")
+        ax.set_ylim(floor, 3 * max(float(y.max()), floor))
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log scale)")
         ax.set_title(f"SLQ density ({self.n_probes} probes x {self.steps} steps, d={self.d})")
         return ax
+
+    def to_dict(self, num: int = 500) -> dict[str, Any]:
+        """JSON-able form: the per-probe measure and the broadened density on a grid.
+
+        Keys: ``name, d, steps, n_probes, start, n_hvp, seconds, lambda_min,
+        lambda_max, nodes, weights`` (per probe, lists of lists: the measure exactly,
+        so :meth:`from_dict` rebuilds this object), and ``sigma``, ``grid``,
+        ``density`` (:meth:`density` on :meth:`default_grid` with ``num`` points, so a
+        reader can draw the ESD without recomputing it). This is one block of the
+        ``hessnorm-spectra/1`` sidecar that ``hessnorm analyze --out`` writes.
+
+        Example:
+            >>> sd = spectral_density(torch.eye(3, dtype=torch.float64), n_probes=2)
+            >>> SpectralDensity.from_dict(sd.to_dict()) == sd, len(sd.to_dict(num=50)["grid"])
+            (True, 50)
+        """
+        if int(num) < 2:
+            raise ConfigError(f"need num >= 2 grid points, got {num}")
+        sigma = self.default_sigma()
+        grid = self.default_grid(sigma, int(num))
+        return {
+            "name": self.name,
+            "d": self.d,
+            "steps": self.steps,
+            "n_probes": self.n_probes,
+            "start": self.start,
+            "n_hvp": self.n_hvp,
+            "seconds": self.seconds,
+            "lambda_min": self.lambda_min,
+            "lambda_max": self.lambda_max,
+            "nodes": self.nodes.tolist(),
+            "weights": self.weights.tolist(),
+            "sigma": sigma,
+            "grid": grid.tolist(),
+            "density": self.density(grid, sigma).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpectralDensity:
+        """Rebuild a :class:`SpectralDensity` from :meth:`to_dict` (broadened values ignored)."""
+        return cls(
+            nodes=torch.tensor(data["nodes"], dtype=torch.float64),
+            weights=torch.tensor(data["weights"], dtype=torch.float64),
+            d=int(data["d"]),
+            steps=int(data["steps"]),
+            n_hvp=int(data["n_hvp"]),
+            seconds=float(data["seconds"]),
+            start=str(data["start"]),
+            name=str(data["name"]),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpectralDensity):
+            return NotImplemented
+        # the measure and how it was drawn; wall-clock seconds are not part of it
+        return (
+            (self.d, self.steps, self.n_hvp, self.start, self.name)
+            == (other.d, other.steps, other.n_hvp, other.start, other.name)
+            and torch.equal(self.nodes, other.nodes)
+            and torch.equal(self.weights, other.weights)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds tensors; equality is by value
 
     def to_frame(self):
         """A :class:`pandas.DataFrame` with one row per (probe, node): node, weight."""

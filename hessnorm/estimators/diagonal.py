@@ -42,7 +42,12 @@ __all__ = ["diagonal", "Diagonal", "diagonal_share"]
 
 
 def _slices(op) -> dict[str, slice]:
-    return dict(getattr(op, "param_slices", None) or {"all": slice(0, op.d)})
+    from hessnorm.operator import HessianOperator
+
+    if isinstance(op, HessianOperator):
+        return dict(op.param_slices)
+    # a rotated Hessian's coordinates belong to no tensor: one block, named as l11_norm does
+    return {"all": slice(0, op.d)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +289,10 @@ def diagonal_share(
     high = min(1.0, num_hi / L_lo) if L_lo > 0 else 1.0
     per_l11: dict[str, Any] = l11.details["per_tensor"]
     per_tensor = {}
-    for name, s in _slices(op).items():
+    slices = _slices(op)
+    if len(slices) == 1 and len(per_l11) == 1:  # unnamed coordinates: one block either way
+        per_l11 = {next(iter(slices)): next(iter(per_l11.values()))}
+    for name, s in slices.items():
         denom = per_l11.get(name, math.nan)
         per_tensor[name] = float(absd[s].sum()) / denom if denom and denom > 0 else math.nan
     return Estimate(

@@ -21,6 +21,12 @@ Output folder (every file written atomically; ``report.md`` and ``report.html`` 
   value / d;
 * ``trajectories.png`` — estimates against the training step with their intervals;
 * ``l11_per_tensor.png`` / ``l11_per_tensor.csv`` — which tensors carry the (1,1)-norm;
+* ``spectrum.csv`` — trace, SLQ density, diagonal share and block heterogeneity rows
+  (``hessnorm analyze --estimators trace,density,diagonal-share,block-spectra:by_tensor``);
+  ``esd.png`` — the eigenvalue density (log scale) per run; ``block_spectra_<run>.png`` —
+  the per-tensor block densities as small multiples; ``diagonal_share.png`` /
+  ``diagonal_share_per_tensor.csv`` — the share of ‖H‖₁,₁ on the diagonal per run and
+  per tensor (the densities come from the ``<results>.spectra.json`` sidecar);
 * ``l0l1.png`` / ``l0l1.csv`` — gradient norm against local smoothness with the fitted
   (L0, L1) bound of paper 003, Assumption 1 (:func:`hessnorm.l0l1.fit_l0l1`).
 
@@ -45,6 +51,9 @@ from hessnorm._io import atomic_write_bytes
 from hessnorm.errors import ConfigError
 from hessnorm.report.document import _Doc
 from hessnorm.report.figures import (
+    _block_spectra_figure,
+    _diagonal_share_figure,
+    _esd_figure,
     _l0l1_figure,
     _loss_figure,
     _per_tensor_figure,
@@ -59,17 +68,27 @@ from hessnorm.report.inputs import (
     _est_rank,
     _label_runs,
     _opt_rank,
+    _read_spectra,
     _run_keys,
     dedupe_checkpoints,
     load_input,
 )
-from hessnorm.report.tables import _fmt, _norms_display, _runs_table, norms_table
+from hessnorm.report.tables import (
+    _fmt,
+    _norms_display,
+    _runs_table,
+    _spectrum_display,
+    norms_table,
+    spectrum_table,
+)
+from hessnorm.results import is_spectrum
 
 __all__ = [
     "make_report",
     "load_input",
     "RunData",
     "norms_table",
+    "spectrum_table",
     "plot_l0l1",
     "configure_parser",
     "run",
@@ -158,7 +177,11 @@ def make_report(
     if runs:
         _section_runs(doc, runs, colors)
     if results is not None and len(results):
-        _section_norms(doc, results, colors)
+        spectrum = results["estimator"].map(is_spectrum).astype(bool)
+        if (~spectrum).any():
+            _section_norms(doc, results, colors)
+        if spectrum.any():
+            _section_spectrum(doc, results, colors)
     smooth = [r for r in runs if r.has_smoothness()]
     if smooth:
         _section_l0l1(doc, smooth)
@@ -268,6 +291,85 @@ def _evaluation_data(doc: _Doc, table: pd.DataFrame) -> None:
         "shows that: one standard deviation of the bound over independent evaluation sets)."
     )
     doc.ul(items)
+
+
+def _section_spectrum(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
+    table = spectrum_table(results)
+    doc.h(2, "The whole spectrum: trace, eigenvalue density, diagonal share")
+    doc.p(
+        "For the last analysed checkpoint of each run: tr(H) by Hutch++ (`trace`) and by "
+        "stochastic Lanczos quadrature (`density`; mean eigenvalue = tr(H)/d, with the "
+        "extreme Ritz values λ_max, λ_min and tr(H²)/d), the share of ‖H‖₁,₁ on the "
+        "diagonal Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ (`diagonal-share`; for the rotated Hessian RᵀHR in "
+        "`rotated-diagonal-share`: paper 000 argues a rotation moves the mass off the "
+        "diagonal), and the block heterogeneity of Zhang et al. 2024, the mean pairwise "
+        "Jensen–Shannon distance between the per-tensor SLQ densities "
+        "(`block-spectra:by_tensor`; 0 = identical spectra, √ln 2 ≈ 0.833 = disjoint). "
+        "Intervals are each estimator's own (see its docstring)."
+    )
+    doc.table(_spectrum_display(table), "spectrum.csv", table)
+    keys = ["checkpoint", "estimator", "rotation"]
+    rows = results.merge(table[keys].drop_duplicates(), on=keys)
+    rows = rows.drop_duplicates(subset=keys + ["label"])
+    cache: dict = {}
+    esd, block_figs, missing = [], [], []
+    for r in rows.itertuples(index=False):
+        if r.estimator != "density" and not r.estimator.startswith("block-spectra"):
+            continue
+        entry = _read_spectra(r._asdict(), cache)
+        if entry is None:
+            missing.append(f"{r.label} ({r.estimator})")
+            continue
+        blocks = entry.get("blocks") or {}
+        if r.estimator == "density" and blocks:
+            esd.append((r.label, r.step, next(iter(blocks.values()))))
+        elif len(blocks) > 1:
+            block_figs.append((r.label, r.step, blocks))
+    if esd:
+        doc.h(3, "Eigenvalue density")
+        doc.p(
+            "The SLQ measure broadened by Gaussians of width σ (1% of the Ritz-value range), "
+            "on a log scale as in Ghorbani et al. 2019 and PyHessian; the dotted line marks "
+            "the largest Ritz value, a Lanczos estimate of λ_max from below. The per-probe "
+            "nodes and weights are in the analyze sidecar `*.spectra.json`."
+        )
+        doc.image("esd.png", _esd_figure(esd, colors), "eigenvalue density per run")
+    if block_figs:
+        doc.h(3, "Per-tensor block spectra")
+        doc.p(
+            "SLQ density of each diagonal block H_bb (one block per parameter tensor), each on "
+            "its own eigenvalue axis: how different the blocks' spectra are is what the "
+            "heterogeneity above measures (Zhang et al. 2024)."
+        )
+        for label, step, blocks in block_figs:
+            name = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_") or "run"
+            doc.image(
+                f"block_spectra_{name}.png",
+                _block_spectra_figure(label, step, blocks, colors.get(label, "C0")),
+                f"per-tensor block spectra, {label}",
+            )
+    if missing:
+        doc.p(
+            "No spectra sidecar found for: "
+            + ", ".join(missing)
+            + " (write results with `hessnorm analyze --out`, which puts "
+            "`<out>.spectra.json` next to them)."
+        )
+    share = rows[rows["estimator"].isin(["diagonal-share", "rotated-diagonal-share"])]
+    if len(share):
+        png, per_tensor = _diagonal_share_figure(share, colors)
+        doc.h(3, "Where the (1,1)-mass sits")
+        doc.p(
+            "Left: Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ per run with its interval (hatched: the rotated Hessian "
+            "RᵀHR). Right: the same share within each tensor's rows, "
+            "Σ_{i∈t}|Hᵢᵢ| / Σ_{i∈t}Σⱼ|Hᵢⱼ| (point estimates, from the `per_tensor` details)."
+        )
+        doc.image("diagonal_share.png", png, "diagonal share per run and per tensor")
+        if len(per_tensor):
+            atomic_write_bytes(
+                doc.out_dir / "diagonal_share_per_tensor.csv",
+                per_tensor.to_csv(index=False).encode(),
+            )
 
 
 def _section_l0l1(doc: _Doc, runs: list[RunData]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -441,3 +442,158 @@ def _l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
     for ax in axes[len(runs) :]:
         ax.set_visible(False)
     return _finish(fig), pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- spectrum
+
+_MAX_BLOCK_PANELS = 30
+
+
+def _esd_axes(ax, block: dict, color, label: str | None = None) -> None:
+    """Draw one broadened SLQ density (sidecar block) on a log y-axis, λ_max marked."""
+    x = np.asarray(block["grid"], dtype=float)
+    y = np.asarray(block["density"], dtype=float)
+    top = float(y.max()) if y.size else 0.0
+    floor = 1e-7 * top if top > 0 else 1e-300  # PyHessian draws density + 1e-7
+    ax.plot(x, np.maximum(y, floor), color=color, lw=1.3, label=label)
+    ax.axvline(float(block["lambda_max"]), color=color, ls=":", lw=0.9)
+    ax.set_yscale("log")
+    ax.set_ylim(floor, top * 3 if top > 0 else 1.0)
+
+
+def _esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
+    """ESD per run: ``entries`` are (label, step, sidecar block of the full Hessian)."""
+    ncol = min(2, len(entries))
+    nrow = math.ceil(len(entries) / ncol)
+    fig = _new_figure(6.0 * ncol, 3.9 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, (label, step, block) in zip(axes, entries):
+        _esd_axes(ax, block, colors.get(label, "C0"))
+        where = "" if step is None or pd.isna(step) else f", step {int(step)}"
+        ax.set_title(
+            f"{label}{where}\nSLQ: {block['n_probes']} probes × {block['steps']} steps, "
+            f"d = {block['d']}, σ = {block['sigma']:.3g}",
+            fontsize=9,
+        )
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_ylabel("density (log scale)")
+        ax.text(
+            0.98,
+            0.95,
+            f"λ_max ≈ {block['lambda_max']:.4g}\nλ_min ≈ {block['lambda_min']:.4g}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(entries) :]:
+        ax.set_visible(False)
+    fig.suptitle("Eigenvalue density of the Hessian (Gaussian-broadened SLQ)", fontsize=11)
+    return _finish(fig)
+
+
+def _block_spectra_figure(label: str, step: Any, blocks: dict, color) -> bytes:
+    """Per-block SLQ densities as small multiples (one panel per block, own x-range)."""
+    names = list(blocks)
+    shown = names[:_MAX_BLOCK_PANELS]
+    ncol = min(5, len(shown))
+    nrow = math.ceil(len(shown) / ncol)
+    fig = _new_figure(3.0 * ncol, 2.3 * nrow + 0.6)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, name in zip(axes, shown):
+        b = blocks[name]
+        _esd_axes(ax, b, color)
+        short = name if len(name) <= 28 else "…" + name[-27:]
+        ax.set_title(f"{short} (d={b['d']})", fontsize=7.5)
+        ax.tick_params(labelsize=6.5)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    for ax in axes[(nrow - 1) * ncol : len(shown)]:
+        ax.set_xlabel("eigenvalue λ", fontsize=7.5)
+    for ax in axes[::ncol]:
+        ax.set_ylabel("density", fontsize=7.5)
+    where = "" if step is None or pd.isna(step) else f", step {int(step)}"
+    more = "" if len(shown) == len(names) else f" (first {len(shown)} of {len(names)} blocks)"
+    fig.suptitle(
+        f"Spectra of the diagonal blocks H_bb, one per tensor: {label}{where}{more}\n"
+        "(log-scale density; dotted line: largest Ritz value)",
+        fontsize=10,
+    )
+    return _finish(fig)
+
+
+def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame]:
+    """Share of ‖H‖₁,₁ on the diagonal: per run (with its interval), and per tensor.
+
+    ``rows``: the diagonal-share / rotated-diagonal-share rows of the spectrum table,
+    with their ``details``. Returns the PNG and the per-tensor data (label, tensor, share).
+    """
+    per_tensor = []
+    for r in rows.itertuples(index=False):
+        if r.estimator != "diagonal-share" or r.rotation != "none":
+            continue
+        shares = _details_dict(r.details).get("per_tensor") or {}
+        for k, v in shares.items():
+            if v is not None and math.isfinite(float(v)):
+                per_tensor.append({"label": r.label, "tensor": k, "share": float(v)})
+    pt = pd.DataFrame(per_tensor, columns=["label", "tensor", "share"])
+    has_pt = len(pt) > 0
+    tensors = list(dict.fromkeys(pt["tensor"]))[:_TOP_TENSORS] if has_pt else []
+    fig = _new_figure(12.5 if has_pt else 6.0, max(3.8, 0.32 * len(tensors) + 1.6))
+    axes = fig.subplots(
+        1, 2 if has_pt else 1, squeeze=False, width_ratios=[1, 1.5] if has_pt else None
+    )[0]
+    ax = axes[0]
+    labels, vals, lo, hi, cols, hatches = [], [], [], [], [], []
+    for r in rows.itertuples(index=False):
+        rot = r.estimator.startswith("rotated") or r.rotation != "none"
+        labels.append(f"{r.label}" + ("\n(rotated RᵀHR)" if rot else ""))
+        vals.append(r.value)
+        lo.append(max(0.0, r.value - r.low))
+        hi.append(max(0.0, r.high - r.value))
+        cols.append(colors.get(r.label, "C0"))
+        hatches.append("//" if rot else "")
+    y = np.arange(len(vals))[::-1]
+    bars = ax.barh(y, vals, xerr=[lo, hi], color=cols, capsize=4, alpha=0.85)
+    for b, h in zip(bars, hatches):
+        b.set_hatch(h)
+    for yi, v in zip(y, vals):
+        ax.text(v, yi + 0.3, f" {v:.3g}", va="bottom", fontsize=7.5)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, min(1.05, 1.25 * max([v + h for v, h in zip(vals, hi)] + [1e-3])))
+    ax.set_xlabel("Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ (error bars: interval)")
+    ax.set_title("share of the (1,1)-mass on the diagonal", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    if has_pt:
+        ax = axes[1]
+        run_labels = list(dict.fromkeys(pt["label"]))
+        width = 0.8 / len(run_labels)
+        yt = np.arange(len(tensors))[::-1]
+        for j, lab in enumerate(run_labels):
+            sub = pt[pt["label"] == lab].set_index("tensor")["share"]
+            v = [float(sub.get(t, np.nan)) for t in tensors]
+            ax.barh(yt + (len(run_labels) - 1 - 2 * j) * width / 2, v, height=width,
+                    color=colors.get(lab, f"C{j}"), label=lab)  # fmt: skip
+        ax.set_yticks(yt, tensors, fontsize=7.5)
+        ax.set_xlim(0, min(1.05, 1.2 * float(pt["share"].max()) + 1e-3))
+        ax.set_xlabel("Σᵢ|Hᵢᵢ| / Σᵢ Σⱼ|Hᵢⱼ| over the tensor's rows i")
+        more = "" if len(set(pt["tensor"])) <= len(tensors) else f", first {len(tensors)}"
+        ax.set_title(f"per tensor (point estimates{more})", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        if len(run_labels) > 1:
+            ax.legend(fontsize=8, title="run", title_fontsize=8)
+    fig.suptitle("Where the Hessian's (1,1)-mass sits (last checkpoint)", fontsize=11)
+    return _finish(fig), pt
+
+
+def _details_dict(x) -> dict:
+    if isinstance(x, dict):
+        return x
+    try:
+        out = json.loads(x) if isinstance(x, str) and x else {}
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}

@@ -321,3 +321,51 @@ def _colors(labels: Iterable[str]) -> dict[str, Any]:
 
     cmap = colormaps["tab10"]
     return {lab: cmap(i % 10) for i, lab in enumerate(dict.fromkeys(labels))}
+
+
+# ---------------------------------------------------------------------------- spectra
+
+
+def _details(x: Any) -> dict:
+    """A row's ``details`` JSON as a dict (``{}`` when empty or not an object)."""
+    if isinstance(x, dict):
+        return x
+    if not isinstance(x, str) or not x:
+        return {}
+    try:
+        out = json.loads(x)
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _read_spectra(row: Any, cache: dict | None = None) -> dict | None:
+    """The sidecar entry (``checkpoint, step, estimator, rotation, blocks``) of a result row.
+
+    The row's ``details`` name the sidecar (``spectra_file``, relative to the results
+    file in ``source``) and its ``spectra_key`` (see :mod:`hessnorm.results`); ``None``
+    when the row has no spectra or the file is missing. Raises ConfigError when the
+    file exists but is not a ``hessnorm-spectra/1`` sidecar.
+    """
+    from hessnorm.results import SPECTRA_FORMAT
+
+    d = _details(row["details"])
+    name, key = d.get("spectra_file"), d.get("spectra_key")
+    if not name or not key:
+        return None
+    source = str(row["source"]) if "source" in row and row["source"] else ""
+    path = (Path(source).parent if source else Path(".")) / str(name)
+    cache = {} if cache is None else cache
+    if path not in cache:
+        if not path.is_file():
+            cache[path] = None
+        else:
+            data = _read_json(path)
+            if not isinstance(data, dict) or data.get("format") != SPECTRA_FORMAT:
+                raise ConfigError(
+                    f"{path} is not a spectra sidecar of `hessnorm analyze` (format "
+                    f"{SPECTRA_FORMAT}); re-run analyze with --out to rewrite it."
+                )
+            cache[path] = data.get("spectra") or {}
+    entries = cache[path]
+    return None if entries is None else entries.get(key)

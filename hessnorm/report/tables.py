@@ -12,13 +12,15 @@ import pandas as pd
 from hessnorm.report.inputs import (
     RESULT_COLUMNS,
     RunData,
+    _details,
     _est_rank,
     _normalize_results,
     _opt_rank,
     _run_keys,
 )
+from hessnorm.results import is_spectrum
 
-__all__ = ["norms_table"]
+__all__ = ["norms_table", "spectrum_table"]
 
 # ---------------------------------------------------------------------------- tables
 
@@ -58,6 +60,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
     if "run_key" not in results.columns:
         results = _run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
+    df = df[~df["estimator"].map(is_spectrum).astype(bool)]  # spectrum_table has those
     keep = []
     for _, g in df.groupby("run_key", sort=False):
         steps = g["step"]
@@ -206,3 +209,115 @@ def _runs_table(runs: list[RunData]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _last_checkpoint(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last checkpoint (largest step; the last listed without steps)."""
+    keep = []
+    for _, g in df.groupby("run_key", sort=False):
+        steps = g["step"]
+        if steps.notna().any():
+            last_ckpt = g.loc[steps == steps.max(), "checkpoint"].iloc[-1]
+        else:
+            last_ckpt = g["checkpoint"].iloc[-1]
+        keep.append(g[g["checkpoint"] == last_ckpt])
+    return pd.concat(keep) if keep else df.iloc[:0]
+
+
+def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The spectrum rows (trace, density, diagonal share, block spectra) of each run's last checkpoint.
+
+    Rows of the registry's ``family="spectrum"`` estimators, chosen per run as in
+    :func:`norms_table`; numbers are copied unchanged from the analyze rows, plus
+    columns read from ``details``: ``lambda_max``, ``lambda_min`` and
+    ``second_moment`` (tr(H²)/d) for ``density``, ``n_blocks`` for block spectra.
+
+    Args:
+        results: rows of ``hessnorm analyze`` (its DataFrame or :func:`load_input` of
+            its results files, concatenated).
+
+    Returns:
+        DataFrame with columns ``label, optimizer, run, step, checkpoint, estimator,
+        metric, rotation, value, low, high, confidence, value_per_dim, lambda_max,
+        lambda_min, second_moment, n_blocks, d, n_hvp, seconds`` (empty without
+        spectrum rows), ordered by optimizer then estimator.
+
+    Example:
+        >>> rows = pd.DataFrame({"checkpoint": ["r/c.pt"] * 2, "estimator": ["trace", "l11"],
+        ...                      "value": [3.0, 5.0], "d": [10, 10], "step": [1, 1]})
+        >>> spectrum_table(rows)[["estimator", "value", "value_per_dim"]].values.tolist()
+        [['trace', 3.0, 0.3]]
+    """
+    if "bound_value" not in results.columns:
+        results = _normalize_results(results, Path("<DataFrame>"))
+    if "run_key" not in results.columns:
+        results = _run_keys(results, [])
+    df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
+    df = df[df["estimator"].map(is_spectrum).astype(bool)]
+    out = _last_checkpoint(df).copy()
+    det = [_details(x) for x in out["details"]]
+    for key in ("lambda_max", "lambda_min", "second_moment", "n_blocks"):
+        out[key] = [d.get(key, math.nan) if d.get(key) is not None else math.nan for d in det]
+    out = out.assign(
+        _o=out["optimizer"].map(_opt_rank),
+        _e=out["estimator"].map(_est_rank),
+    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+    cols = [
+        "label",
+        "optimizer",
+        "run",
+        "step",
+        "checkpoint",
+        "estimator",
+        "metric",
+        "rotation",
+        "value",
+        "low",
+        "high",
+        "confidence",
+        "value_per_dim",
+        "lambda_max",
+        "lambda_min",
+        "second_moment",
+        "n_blocks",
+        "d",
+        "n_hvp",
+        "seconds",
+    ]
+    out = out[cols].reset_index(drop=True)
+    for c in ("step", "d", "n_hvp", "n_blocks"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
+    return out
+
+
+def _spectrum_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The spectrum table as shown: one line per (run, estimator) with its interval."""
+    rows = []
+    for r in table.itertuples(index=False):
+        note = ""
+        if not pd.isna(r.lambda_max):
+            note = f"λ_max ≈ {_fmt(r.lambda_max)}, λ_min ≈ {_fmt(r.lambda_min)}"
+            if not pd.isna(r.second_moment):
+                note += f", tr(H²)/d ≈ {_fmt(r.second_moment)}"
+        elif not pd.isna(r.n_blocks):
+            note = f"{int(r.n_blocks)} blocks"
+        per_dim = r.value_per_dim if r.estimator in ("trace", "density") else math.nan
+        rows.append(
+            {
+                "optimizer": r.label,
+                "step": _fmt(r.step),
+                "quantity": r.metric or r.estimator,
+                "estimator": r.estimator,
+                "rotation": "" if r.rotation == "none" else r.rotation,
+                "estimate": _fmt(r.value),
+                "interval": _interval(r.low, r.high, r.confidence),
+                "mean eigenvalue": _fmt(per_dim),
+                "notes": note,
+                "d": _fmt(r.d),
+                "HVPs": _fmt(r.n_hvp),
+            }
+        )
+    out = pd.DataFrame(rows)
+    if not out.empty and (out["rotation"] == "").all():
+        out = out.drop(columns="rotation")
+    return out
