@@ -223,29 +223,32 @@ def machine(device: str) -> str:
 
 
 def blockwise_cost(args, per_hvp: float) -> dict:
-    """HVPs, time and memory blockwise_smoothness(by_tensor) would take (its default rank)."""
-    from hessnorm.estimators.blockwise import _HMT_ALPHA
+    """HVPs and time blockwise_smoothness(by_tensor) plans (its ``dry_run``), without running it."""
+    import types
+
+    from hessnorm.estimators.blockwise import blockwise_smoothness
+    from hessnorm.partition import Partition
     from hessnorm.train.gpt import GPT
 
     with torch.device("meta"):
         model = GPT(_config(args))
-    sizes = [p.numel() for p in model.parameters()]  # tied wte/lm_head counted once
-    B, d = len(sizes), sum(sizes)
-    p, q, conf = 20, 2, 0.95
-    sketch = p * (1 + 2 * q)
-    n_large = sum(1 for s in sizes if s > sketch)
-    r = max(1, math.ceil(math.log(max(1, n_large * B) / (1 - conf)) / math.log(_HMT_ALPHA)))
-    n_hvp = sum(sketch + r if s > sketch + r else s for s in sizes)
-    # per block column it holds the (p, d) probes and their (p, d) HVPs, plus d int64 labels
-    mem = 2 * p * d * 4 + 8 * d
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}  # tied weights once
+    d = sum(math.prod(s) for s in shapes.values())
+    # the plan needs only the sizes: an operator stand-in that never runs an HVP
+    stub = types.SimpleNamespace(
+        d=d, dtype=torch.float32, device=torch.device("cpu"), matvec_count=0, hvp=None
+    )
+    part = Partition.by_tensor(shapes)
+    plan = blockwise_smoothness(stub, part, dry_run=True, progress=False)
+    n_hvp = int(plan["n_hvp_max"])
     return {
         "stage": "blockwise",
         "estimated": True,
         "n_hvp": n_hvp,
         "seconds": n_hvp * per_hvp,
-        "peak_extra": mem,
-        "n_blocks": B,
-        "pairs": B * B,
+        "n_blocks": part.n_blocks,
+        "pairs": part.n_blocks**2,
+        "plan": {k: v for k, v in plan.items() if isinstance(v, (int, float, str))},
     }
 
 
@@ -387,8 +390,8 @@ def print_table(rows, unit, args) -> None:
             per = r["seconds"]
         x = f"{per:.2f} s ({per / g:.1f}x)" if g and n else "-"
         if r.get("estimated"):
-            peak = f"+{r['peak_extra'] / GiB:.0f} GiB (estimated)"
-            note = "estimated, not run"
+            peak = "-"
+            note = "planned maximum (dry_run), not run"
             print(
                 f"| {r['stage']} | ~{fmt_s(r['seconds']).strip()} | ~{n:,} | {x} | {peak} | {note} |"
             )

@@ -780,7 +780,14 @@ def run(args: argparse.Namespace) -> int:
 
     created = distributed.init_from_env(args.device, args.dist_timeout)
     try:
-        return _run(args)
+        code = _run(args)
+        if created:
+            # every rank leaves together: tearing the group down while a peer still
+            # talks to it can abort inside gloo
+            import torch.distributed as dist
+
+            dist.barrier()
+        return code
     finally:
         if created:
             import torch.distributed as dist

@@ -59,6 +59,15 @@ def _init(rank, world, init_file):
     )
 
 
+def _close():
+    # wait for the peer before tearing the group down: a rank that destroys its group
+    # while the other still talks to it can abort inside gloo (seen under heavy load)
+    try:
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def _agree(rank, world, init_file, out_dir):
     _init(rank, world, init_file)
     try:
@@ -82,7 +91,7 @@ def _agree(rank, world, init_file, out_dir):
         }
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        torch.distributed.destroy_process_group()
+        _close()
 
 
 def _errors(rank, world, init_file, out_dir):
@@ -128,7 +137,7 @@ def _errors(rank, world, init_file, out_dir):
         out["after"] = op.loss()
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        torch.distributed.destroy_process_group()
+        _close()
 
 
 def _spawn(fn, tmp_path):
