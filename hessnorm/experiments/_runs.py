@@ -337,3 +337,16 @@ def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
     """Standard error of mean(b − a) for per-example losses on the same examples."""
     diff = (b - a).double()
     return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+
+
+def reproduce_fixed_seeds(run, name, out_dir, quick, seed, progress, scale, data_dir):
+    """Call an experiment's ``run`` for ``hessnorm reproduce NAME``.
+
+    The configurations fix their own seeds (the extra-seed re-runs measure the noise), so
+    ``seed`` must be 0; anything else is refused rather than silently ignored.
+    """
+    if seed != 0:
+        raise ConfigError(
+            f"hessnorm reproduce {name} fixes its seeds per configuration; drop --seed"
+        )
+    return run(Path(out_dir), quick=quick, scale=scale, data_dir=data_dir, progress=progress)

@@ -701,18 +701,10 @@ def _paper_estimate_lines() -> list[str]:
 
 
 def reproduce(out_dir, quick: bool, seed: int, progress: bool, *, scale="cpu", data_dir=None):
-    """``hessnorm reproduce table2``: :func:`run` with the run cache in its default place.
+    """``hessnorm reproduce table2``: :func:`run` with the run cache in its default place."""
+    from hessnorm.experiments._runs import reproduce_fixed_seeds
 
-    The configurations fix their own seeds (the extra-seed re-runs measure the noise), so
-    ``seed`` must be 0; anything else is refused rather than silently ignored.
-    """
-    from hessnorm.errors import ConfigError
-
-    if seed != 0:
-        raise ConfigError(
-            "hessnorm reproduce table2 fixes its seeds per configuration; drop --seed"
-        )
-    return run(Path(out_dir), quick=quick, scale=scale, data_dir=data_dir, progress=progress)
+    return reproduce_fixed_seeds(run, "table2", out_dir, quick, seed, progress, scale, data_dir)
 
 
 def main(argv=None) -> int:
