@@ -61,19 +61,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         results = _run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[~df["estimator"].map(is_spectrum).astype(bool)]  # spectrum_table has those
-    keep = []
-    for _, g in df.groupby("run_key", sort=False):
-        steps = g["step"]
-        if steps.notna().any():
-            last_ckpt = g.loc[steps == steps.max(), "checkpoint"].iloc[-1]
-        else:
-            last_ckpt = g["checkpoint"].iloc[-1]
-        keep.append(g[g["checkpoint"] == last_ckpt])
-    out = pd.concat(keep) if keep else df.iloc[:0]
-    out = out.assign(
-        _o=out["optimizer"].map(_opt_rank),
-        _e=out["estimator"].map(_est_rank),
-    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+    out = _ordered(_last_checkpoint(df))
     cols = [
         "label",
         "optimizer",
@@ -211,6 +199,14 @@ def _runs_table(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by optimizer, run label, estimator, rotation (with helper columns)."""
+    return df.assign(
+        _o=df["optimizer"].map(_opt_rank),
+        _e=df["estimator"].map(_est_rank),
+    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+
+
 def _last_checkpoint(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of each run's last checkpoint (largest step; the last listed without steps)."""
     keep = []
@@ -258,10 +254,7 @@ def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
     det = [_details(x) for x in out["details"]]
     for key in ("lambda_max", "lambda_min", "second_moment", "n_blocks"):
         out[key] = [d.get(key, math.nan) if d.get(key) is not None else math.nan for d in det]
-    out = out.assign(
-        _o=out["optimizer"].map(_opt_rank),
-        _e=out["estimator"].map(_est_rank),
-    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+    out = _ordered(out)
     cols = [
         "label",
         "optimizer",
