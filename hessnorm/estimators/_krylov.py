@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import eigh_tridiagonal
+from scipy.linalg import eig_banded, eigh_tridiagonal
 
 __all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "NormBound"]
 
@@ -77,14 +77,30 @@ def tridiag_eig(alpha: np.ndarray, beta: np.ndarray):
 
 
 def norm_lower(alpha: np.ndarray, beta: np.ndarray) -> float:
-    """ρ_m = σ_max([T_m; β_m e_mᵀ]) (step 4), from the m×m Gram matrix TᵀT + β_m² e e ᵀ."""
+    """ρ_m = σ_max([T_m; β_m e_mᵀ]) (step 4): √ of the top eigenvalue of TᵀT + β_m² e eᵀ.
+
+    That Gram matrix is pentadiagonal, so only its largest eigenvalue is computed from
+    the banded form (LAPACK ``dsbevx``), O(m²) instead of a dense O(m³) solve.
+
+    Example:
+        >>> round(norm_lower(np.array([3.0]), np.array([4.0])), 12)
+        5.0
+    """
     m = len(alpha)
-    T = np.diag(alpha)
-    if m > 1:
-        T += np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
-    G = T @ T
-    G[m - 1, m - 1] += beta[m - 1] ** 2
-    return float(math.sqrt(max(np.linalg.eigvalsh(G)[-1], 0.0)))
+    a = np.asarray(alpha, dtype=np.float64)
+    b = np.asarray(beta, dtype=np.float64)
+    if m == 1:
+        return float(math.hypot(a[0], b[0]))
+    off = b[: m - 1]
+    ab = np.zeros((3, m))
+    ab[2] = a * a  # main diagonal of T²
+    ab[2, :-1] += off * off
+    ab[2, 1:] += off * off
+    ab[2, -1] += b[m - 1] ** 2
+    ab[1, 1:] = off * (a[:-1] + a[1:])  # first super-diagonal
+    ab[0, 2:] = off[:-1] * off[1:]  # second super-diagonal
+    top = eig_banded(ab, eigvals_only=True, select="i", select_range=(m - 1, m - 1))[0]
+    return float(math.sqrt(max(top, 0.0)))
 
 
 class NormBound:
@@ -125,16 +141,22 @@ class NormBound:
         mx = lw.max(axis=0)
         self.logN = 0.5 * (mx + np.log(np.exp(lw - mx[None, :]).sum(axis=0)))
 
-    def _f(self, x: float) -> float:
-        """max_j min_± [log t + log|p_j(±x)| − log N_j]; ≥ 0 means x ≥ high."""
-        s = np.array([x, -x])
-        L = np.log(np.abs(s[:, None] - self.roots[None, :]) + 1e-300)  # (2, J)
-        P = np.concatenate([np.zeros((2, 1)), np.cumsum(L, axis=1)], axis=1)  # (2, J+1)
+    def _f(self, x) -> np.ndarray | float:
+        """max_j min_± [log t + log|p_j(±x)| − log N_j]; ≥ 0 means x ≥ high.
+
+        ``x`` may be a scalar or a 1-d array of points (evaluated in one pass).
+        """
+        xs = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        s = np.concatenate([xs, -xs])  # (2n,)
+        L = np.log(np.abs(s[:, None] - self.roots[None, :]) + 1e-300)  # (2n, J)
+        P = np.concatenate([np.zeros((len(s), 1)), np.cumsum(L, axis=1)], axis=1)
         y = (2.0 * s[:, None] - self.lo[None, :] - self.hi[None, :]) / self.width[None, :]
         a = np.arccosh(np.maximum(np.abs(y), 1.0))
         cheb = self.k * a + np.log1p(np.exp(-2.0 * self.k * a)) - math.log(2.0)
-        v = self.log_t - self.logN[None, :] + P + cheb
-        return float(v.min(axis=0).max())
+        v = self.log_t - self.logN[None, :] + P + cheb  # (2n, J+1)
+        n = len(xs)
+        out = np.minimum(v[:n], v[n:]).max(axis=1)
+        return float(out[0]) if np.ndim(x) == 0 else out
 
     def exceeds(self, x: float) -> bool:
         """Whether x is at least the bound (so ‖M‖₂ ≤ x on the event E)."""
@@ -143,7 +165,11 @@ class NormBound:
         return x >= self.top and self._f(x) >= 0.0
 
     def high(self, rel: float = 1e-12) -> float:
-        """The bound itself (bisection on log x, to relative precision ``rel``, rounded up)."""
+        """The bound itself, to relative precision ``rel``, rounded up.
+
+        A bracketing search on log x: 32 points per round in one vectorised
+        evaluation, so each round shrinks the bracket 32-fold.
+        """
         if self.breakdown or self.top == 0.0:
             return self.top
         lo = self.top
@@ -158,10 +184,13 @@ class NormBound:
             hi = lo * factor
             if hi > 1e300:
                 return math.inf
+        # invariant: f(lo) < 0 ≤ f(hi); f is increasing in x on [top, ∞)
         while hi - lo > rel * hi:
-            mid = math.sqrt(lo * hi)
-            if self._f(mid) >= 0.0:
-                hi = mid
-            else:
-                lo = mid
+            grid = np.exp(np.linspace(math.log(lo), math.log(hi), 34)[1:-1])
+            ok = self._f(grid) >= 0.0
+            i = int(np.argmax(ok)) if ok.any() else len(grid)
+            if i < len(grid):
+                hi = float(grid[i])
+            if i > 0:
+                lo = float(grid[i - 1])
         return hi

@@ -90,7 +90,7 @@ from torch import Tensor
 from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import as_operator
+from hessnorm.operator import all_finite, as_operator
 
 __all__ = ["l11_norm", "cauchy_scale_bias"]
 
@@ -278,7 +278,7 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
         for start in range(0, n, chunk_size):
             k = min(chunk_size, n - start)
             HV = op.hvp(_draw_probes(g, k, d).to(op.device, op.dtype))
-            if not torch.isfinite(HV).all():
+            if not all_finite(HV):
                 raise NonFiniteError(
                     "a Hessian-vector product with a Cauchy probe is not finite; try float64"
                 )

@@ -31,7 +31,7 @@ from torch import Tensor
 from hessnorm.errors import ConfigError, NonFiniteError, ShapeError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import LossOperator
+from hessnorm.operator import LossOperator, all_finite
 
 __all__ = ["local_smoothness", "hessian_local_smoothness", "check_alpha"]
 
@@ -194,7 +194,7 @@ def local_smoothness(
                 f"the gradient function must return a tensor of shape {tuple(x.shape)}, got "
                 f"{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}"
             )
-        if not torch.isfinite(g).all():
+        if not all_finite(g):
             raise NonFiniteError(
                 "gradient has NaN/Inf on the segment between w and w_next; check the loss, "
                 "or the step (the optimizer may have diverged)"
