@@ -116,7 +116,7 @@ def trace_rows(model, loss_fn, batch, op, truth, seeds):
     def ours(method):
         ests, secs = [], []
         for s in seeds:
-            est, sec = timed(trace, op, n=N_TRACE, method=method, seed=s)
+            est, sec = timed(trace, op, n=N_TRACE, method=method, seed=s, progress=False)
             ests.append(est)
             secs.append(sec)
         errs = [(e.value - truth) / abs(truth) for e in ests]
@@ -170,7 +170,7 @@ def _rms(errs):
 def density_rows(model, loss_fn, batch, op, lam):
     rows = []
     lmax = float(lam[-1])
-    sd, sec = timed(spectral_density, op, n_probes=PROBES, steps=STEPS, seed=0)
+    sd, sec = timed(spectral_density, op, n_probes=PROBES, steps=STEPS, seed=0, progress=False)
     rows.append(
         (
             "hessnorm spectral_density (SLQ)",

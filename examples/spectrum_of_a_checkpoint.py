@@ -46,9 +46,12 @@ def main(out_dir, small: bool = False) -> dict:
     op = hn.HessianOperator.from_module(model.double(), lm_loss, (x, y), dtype=torch.float64)
     print(f"tiny transformer, d = {op.d}, loss = {op.loss():.4f}")
 
-    tr = trace(op, n=15 if small else 90, seed=0)
+    progress = not small  # the test suite runs --small: no bars there
+    tr = trace(op, n=15 if small else 90, seed=0, progress=progress)
     print(tr)
-    sd = spectral_density(op, n_probes=2 if small else 8, steps=12 if small else 64, seed=0)
+    sd = spectral_density(
+        op, n_probes=2 if small else 8, steps=12 if small else 64, seed=0, progress=progress
+    )
     print(
         f"SLQ: largest node {sd.lambda_max:.5g}, smallest {sd.lambda_min:.5g}; {sd.trace_power(2)}"
     )
@@ -62,16 +65,22 @@ def main(out_dir, small: bool = False) -> dict:
     print(f"density plot: {png}")
 
     n_diag, n_l11 = (20, 10) if small else (200, 50)
-    share = diagonal_share(op, n_diag=n_diag, n_l11=n_l11, seed=0)
+    share = diagonal_share(op, n_diag=n_diag, n_l11=n_l11, seed=0, progress=progress)
     rotated = diagonal_share(
-        op.rotated(hn.RandPerm(op.d, seed=0)), n_diag=n_diag, n_l11=n_l11, seed=0
+        op.rotated(hn.RandPerm(op.d, seed=0)),
+        n_diag=n_diag,
+        n_l11=n_l11,
+        seed=0,
+        progress=progress,
     )
     print(share)
     print(f"rotated: {rotated}")
     top = sorted(share.details["per_tensor"].items(), key=lambda kv: -kv[1])[:3]
     print("most diagonal tensors: " + ", ".join(f"{k} {v:.3f}" for k, v in top))
 
-    spectra = block_spectra(op, "by_tensor", n_probes=2 if small else 4, steps=4 if small else 24)
+    spectra = block_spectra(
+        op, "by_tensor", n_probes=2 if small else 4, steps=4 if small else 24, progress=progress
+    )
     het = block_heterogeneity(spectra, n_boot=50 if small else 200)
     print(het)
     return {

@@ -144,13 +144,13 @@ def _blockwise(kind: str):
 def _trace(op, *, n_cauchy, seed, tol, progress):
     from hessnorm.estimators.trace import trace
 
-    return trace(op, seed=seed)
+    return trace(op, seed=seed, progress=progress)
 
 
 def _density(op, *, n_cauchy, seed, tol, progress):
     from hessnorm.estimators.density import spectral_density
 
-    sd = spectral_density(op, seed=seed)
+    sd = spectral_density(op, seed=seed, progress=progress)
     est = sd.to_estimate()
     details = {k: v for k, v in est.details.items() if k not in ("nodes", "weights")}
     t2 = sd.trace_power(2)
@@ -181,7 +181,9 @@ def _block_spectra(kind: str):
 
         # 4 probes x 24 steps per block (the SLQ default is 8 x 32): a by_tensor partition of
         # GPT-2 (148 tensors) then costs about 148 * 96 = 14k HVPs.
-        spectra = block_spectra(op, Partition.named(kind, op), n_probes=4, steps=24, seed=seed)
+        spectra = block_spectra(
+            op, Partition.named(kind, op), n_probes=4, steps=24, seed=seed, progress=progress
+        )
         est = block_heterogeneity(spectra, seed=seed)
         details = dict(est.details, n_blocks=est.d, partition=kind, spectra=spectra)
         # d is the operator's dimension in every row (the estimate's d counts blocks)

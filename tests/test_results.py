@@ -88,18 +88,18 @@ def test_spectrum_entries_equal_direct_calls():
     x, y = torch.randn(16, 5, dtype=torch.float64), torch.arange(16) % 3
     op = HessianOperator.from_module(net, nn.functional.cross_entropy, (x, y))
     kw = dict(n_cauchy=20, seed=3, tol=1e-6, progress=False)
-    assert ESTIMATORS["trace"].run(op, **kw).value == trace(op, seed=3).value
+    assert ESTIMATORS["trace"].run(op, **kw).value == trace(op, seed=3, progress=False).value
     dens = ESTIMATORS["density"].run(op, **kw)
-    sd = spectral_density(op, seed=3)
+    sd = spectral_density(op, seed=3, progress=False)
     assert dens.value == sd.to_estimate().value and dens.low == sd.to_estimate().low
     assert dens.details["lambda_max"] == sd.lambda_max
     assert "nodes" not in dens.details  # the measure travels in "spectra", not the row
     assert dens.details["spectra"]["H"] == sd
     share = ESTIMATORS["diagonal-share"].run(op, **kw)
-    direct = diagonal_share(op, n_l11=20, seed=3)
+    direct = diagonal_share(op, n_l11=20, seed=3, progress=False)
     assert (share.value, share.low, share.high) == (direct.value, direct.low, direct.high)
     het = ESTIMATORS["block-spectra:by_tensor"].run(op, **kw)
-    spectra = block_spectra(op, "by_tensor", n_probes=4, steps=24, seed=3)
+    spectra = block_spectra(op, "by_tensor", n_probes=4, steps=24, seed=3, progress=False)
     want = block_heterogeneity(spectra, seed=3)
     assert (het.value, het.low, het.high) == (want.value, want.low, want.high)
     assert het.d == op.d and het.details["n_blocks"] == len(op.param_names)

@@ -55,12 +55,12 @@ def test_rows_equal_direct_calls(analysed):
     rows = df[df["checkpoint"] == str(paths[1])].set_index("estimator")
     R = parse_rotation("randperm:depth=2,seed=0", op.d)  # analyze's default rotation
     direct = {
-        "trace": trace(op, seed=1),
-        "density": spectral_density(op, seed=1).to_estimate(),
-        "diagonal-share": diagonal_share(op, n_l11=20, seed=1),
-        "rotated-diagonal-share": diagonal_share(op.rotated(R), n_l11=20, seed=1),
+        "trace": trace(op, seed=1, progress=False),
+        "density": spectral_density(op, seed=1, progress=False).to_estimate(),
+        "diagonal-share": diagonal_share(op, n_l11=20, seed=1, progress=False),
+        "rotated-diagonal-share": diagonal_share(op.rotated(R), n_l11=20, seed=1, progress=False),
         "block-spectra:by_tensor": block_heterogeneity(
-            block_spectra(op, "by_tensor", n_probes=4, steps=24, seed=1), seed=1
+            block_spectra(op, "by_tensor", n_probes=4, steps=24, seed=1, progress=False), seed=1
         ),
     }
     for name, est in direct.items():

@@ -23,7 +23,7 @@ def test_interval_covers_exact_trace(problems, name):
     """The nominal 95% t-interval covers tr(H) in >= 90% of 40 seeds on each real Hessian."""
     _, H = problems[name]
     truth = float(H.trace())
-    ests = [trace(H, n=60, seed=s) for s in range(40)]
+    ests = [trace(H, n=60, seed=s, progress=False) for s in range(40)]
     hits = sum(e.covers(truth) for e in ests)
     assert hits >= 36, (name, hits, truth)
     assert all(e.n_hvp == 60 and e.d == H.shape[0] for e in ests)
@@ -34,7 +34,7 @@ def test_interval_covers_exact_trace(problems, name):
 
 def test_operator_and_dense_agree(problems):
     op, H = problems["mlp"]
-    a, b = trace(op, n=30, seed=3), trace(H, n=30, seed=3)
+    a, b = trace(op, n=30, seed=3, progress=False), trace(H, n=30, seed=3, progress=False)
     assert abs(a.value - b.value) < 1e-8 * abs(b.value) + 1e-10
     assert a.n_hvp == 30
 
@@ -45,20 +45,22 @@ def test_hutchpp_beats_hutchinson_on_outliers():
 
     def rmse(method):
         errs = torch.tensor(
-            [trace(H, n=60, method=method, seed=s).value - truth for s in range(30)]
+            [trace(H, n=60, method=method, seed=s, progress=False).value - truth for s in range(30)]
         )
         return float(errs.pow(2).mean().sqrt())
 
     pp, hutch = rmse("hutch++"), rmse("hutchinson")
     assert pp < 0.2 * hutch, (pp, hutch)
-    cov = sum(trace(H, n=60, method="hutch++", seed=s).covers(truth) for s in range(40))
+    cov = sum(
+        trace(H, n=60, method="hutch++", seed=s, progress=False).covers(truth) for s in range(40)
+    )
     assert cov >= 36
 
 
 def test_hutchinson_coverage_and_stated_error():
     H = _outliers(d=300, seed=1)
     truth = float(H.trace())
-    ests = [trace(H, n=40, method="hutchinson", seed=s) for s in range(40)]
+    ests = [trace(H, n=40, method="hutchinson", seed=s, progress=False) for s in range(40)]
     assert sum(e.covers(truth) for e in ests) >= 35
     # stated standard error matches the formula sqrt(2 (||H||_F^2 - sum H_ii^2) / n)
     se_true = (2 * (H.pow(2).sum() - H.diagonal().pow(2).sum()) / 40).sqrt()
@@ -68,17 +70,17 @@ def test_hutchinson_coverage_and_stated_error():
 
 def test_exact_when_n_reaches_d():
     H = _outliers(d=20)
-    est = trace(H, n=25)
+    est = trace(H, n=25, progress=False)
     assert est.details["exact"] and est.n_hvp == 20 and est.confidence == 1.0
     assert abs(est.value - float(H.trace())) < 1e-10 and est.low == est.high
 
 
 def test_seed_reproducible_and_chunking_invariant():
     H = _outliers(d=100)
-    a = trace(H, n=30, seed=7)
-    b = trace(H, n=30, seed=7, chunk_size=4)
+    a = trace(H, n=30, seed=7, progress=False)
+    b = trace(H, n=30, seed=7, chunk_size=4, progress=False)
     assert abs(a.value - b.value) < 1e-10 and abs(a.high - b.high) < 1e-10
-    assert trace(H, n=30, seed=8).value != a.value
+    assert trace(H, n=30, seed=8, progress=False).value != a.value
 
 
 @pytest.mark.parametrize(
@@ -93,4 +95,4 @@ def test_seed_reproducible_and_chunking_invariant():
 )
 def test_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        trace(torch.eye(10, dtype=torch.float64), **kwargs)
+        trace(torch.eye(10, dtype=torch.float64), **kwargs, progress=False)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, SelectionError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.trace import t_quantile
 from hessnorm.operator import as_operator
 from hessnorm.partition import Partition
@@ -248,7 +249,7 @@ class SpectralDensity:
         ``hessnorm-spectra/1`` sidecar that ``hessnorm analyze --out`` writes.
 
         Example:
-            >>> sd = spectral_density(torch.eye(3, dtype=torch.float64), n_probes=2)
+            >>> sd = spectral_density(torch.eye(3, dtype=torch.float64), n_probes=2, progress=False)
             >>> SpectralDensity.from_dict(sd.to_dict()) == sd, len(sd.to_dict(num=50)["grid"])
             (True, 50)
         """
@@ -325,13 +326,14 @@ def _start(seed: int, d: int, start: str, dtype, device) -> Tensor:
     return (v / v.norm()).to(device=device, dtype=dtype)
 
 
-def _lockstep(op, units, steps: int, chunk_size: int | None):
+def _lockstep(op, units, steps: int, chunk_size: int | None, bar):
     """Lanczos with full re-orthogonalisation for several (block, probes) units at once.
 
     ``units``: list of (idx, V0) with idx a LongTensor of coordinates (None = all)
     and V0 (k, d_b) orthonormal-per-row start vectors. Every step applies H to all
     active vectors of all units in one batched HVP. Returns per unit the (k, m_b)
-    alphas and betas (float64, CPU), the per-probe step counts, and the HVPs spent.
+    alphas and betas (float64, CPU), the per-probe step counts, and the HVPs spent;
+    ``bar`` counts the vectors of every ``op.hvp`` call as it returns.
     """
     d = op.d
     eps = torch.finfo(op.dtype).eps
@@ -374,7 +376,10 @@ def _lockstep(op, units, steps: int, chunk_size: int | None):
             break
         X = torch.cat(rows) if len(rows) > 1 else rows[0]
         chunk = X.shape[0] if chunk_size is None else int(chunk_size)
-        pieces = [op.hvp(X[i : i + chunk]) for i in range(0, X.shape[0], chunk)]
+        pieces = []
+        for i in range(0, X.shape[0], chunk):
+            pieces.append(op.hvp(X[i : i + chunk]))
+            bar.update(min(chunk, X.shape[0] - i))
         W_all = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         n_hvp += X.shape[0]
         if not torch.isfinite(W_all).all():
@@ -439,8 +444,14 @@ def _check_common(n_probes: int, steps: int, start: str, memory_budget: int) -> 
         raise ConfigError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
 
 
-def _run_blocks(op, blocks, *, n_probes, steps, seed, start, memory_budget, chunk_size):
-    """SLQ on each (name, idx) block; lockstep groups under ``memory_budget`` bytes."""
+def _run_blocks(
+    op, blocks, *, n_probes, steps, seed, start, memory_budget, chunk_size, progress, desc
+):
+    """SLQ on each (name, idx) block; lockstep groups under ``memory_budget`` bytes.
+
+    One progress bar over all groups: the plan is n_probes · min(steps, d_b) HVPs per
+    block, an upper bound (a probe whose Krylov space closes stops early).
+    """
     itemsize = torch.empty((), dtype=op.dtype).element_size()
     # Seeds per (block, probe) fixed up front: the result does not depend on grouping.
     seeds = torch.randint(
@@ -462,25 +473,28 @@ def _run_blocks(op, blocks, *, n_probes, steps, seed, start, memory_budget, chun
     out_parts: dict[int, list] = {b: [] for b in range(len(blocks))}
     seconds = dict.fromkeys(range(len(blocks)), 0.0)
     hvps = dict.fromkeys(range(len(blocks)), 0)
-    for group in groups:
-        t0 = time.perf_counter()
-        per_block: dict[int, list[int]] = {}
-        for b, p, _ in group:
-            per_block.setdefault(b, []).append(p)
-        units = []
-        for b, probes in per_block.items():
-            idx = blocks[b][1]
-            db = op.d if idx is None else len(idx)
-            V0 = torch.stack(
-                [_start(int(seeds[b, p]), db, start, op.dtype, op.device) for p in probes]
-            )
-            units.append((idx if idx is None else idx.to(op.device), V0))
-        res, n_hvp = _lockstep(op, units, steps, chunk_size)
-        dt = time.perf_counter() - t0
-        for (b, probes), (a, be, ln) in zip(per_block.items(), res):
-            out_parts[b].append((probes, a, be, ln))
-            seconds[b] += dt * int(ln.sum()) / max(n_hvp, 1)  # the group's time, by HVP share
-            hvps[b] += int(ln.sum())
+    planned = n_probes * sum(min(steps, op.d if idx is None else len(idx)) for _, idx in blocks)
+    advice = "fewer probes (n_probes) or Lanczos steps (steps)"
+    with progress_bar(planned, desc, enabled=progress, upper=True, advice=advice) as bar:
+        for group in groups:
+            t0 = time.perf_counter()
+            per_block: dict[int, list[int]] = {}
+            for b, p, _ in group:
+                per_block.setdefault(b, []).append(p)
+            units = []
+            for b, probes in per_block.items():
+                idx = blocks[b][1]
+                db = op.d if idx is None else len(idx)
+                V0 = torch.stack(
+                    [_start(int(seeds[b, p]), db, start, op.dtype, op.device) for p in probes]
+                )
+                units.append((idx if idx is None else idx.to(op.device), V0))
+            res, n_hvp = _lockstep(op, units, steps, chunk_size, bar)
+            dt = time.perf_counter() - t0
+            for (b, probes), (a, be, ln) in zip(per_block.items(), res):
+                out_parts[b].append((probes, a, be, ln))
+                seconds[b] += dt * int(ln.sum()) / max(n_hvp, 1)  # the group's time, by HVP share
+                hvps[b] += int(ln.sum())
     result = {}
     for b, (name, idx) in enumerate(blocks):
         db = op.d if idx is None else len(idx)
@@ -504,6 +518,7 @@ def spectral_density(
     start: str = "rademacher",
     memory_budget: int = 1 << 30,
     chunk_size: int | None = None,
+    progress: bool = True,
 ) -> SpectralDensity:
     """The eigenvalue density μ = (1/d) Σᵢ δ_{λᵢ} of H by SLQ (module docstring).
 
@@ -529,13 +544,17 @@ def spectral_density(
             or ``"gaussian"`` (both are unbiased: E[qqᵀ] = I/d).
         memory_budget: bytes of Lanczos bases held at once.
         chunk_size: vectors per ``op.hvp`` call (default: all probes of a step).
+        progress: show a tqdm bar (HVPs done / the n_probes · min(steps, d) planned,
+            fewer when a Krylov space closes early) with an ETA; a run projected past 10
+            minutes emits a :class:`~hessnorm.estimators._progress.SlowRunWarning`
+            either way.
 
     Returns:
         :class:`SpectralDensity`.
 
     Example:
         >>> H = torch.diag(torch.tensor([-1.0, 0.5, 2.0, 3.0], dtype=torch.float64))
-        >>> sd = spectral_density(H, n_probes=4)
+        >>> sd = spectral_density(H, n_probes=4, progress=False)
         >>> round(sd.lambda_max, 10), [round(x, 10) for x in sd.moments(1).tolist()]
         (3.0, [1.0, 1.125])
     """
@@ -543,7 +562,8 @@ def spectral_density(
     _check_common(n_probes, steps, start, memory_budget)
     out = _run_blocks(
         op, [("H", None)], n_probes=int(n_probes), steps=int(steps), seed=seed, start=start,
-        memory_budget=int(memory_budget), chunk_size=chunk_size,
+        memory_budget=int(memory_budget), chunk_size=chunk_size, progress=progress,
+        desc="spectral_density (SLQ)",
     )  # fmt: skip
     return out["H"]
 
@@ -558,6 +578,7 @@ def block_spectra(
     start: str = "rademacher",
     memory_budget: int = 1 << 30,
     chunk_size: int | None = None,
+    progress: bool = True,
 ) -> dict[Any, SpectralDensity]:
     """SLQ density of every diagonal block H_bb of a partition (Zhang et al. 2024, Sec. 3).
 
@@ -574,8 +595,9 @@ def block_spectra(
         op: a Hessian-like operator or a dense symmetric tensor.
         partition: a :class:`~hessnorm.partition.Partition` of the d coordinates, or
             ``"by_tensor"`` / ``"by_row"`` (built from ``op``).
-        n_probes, steps, seed, start, memory_budget, chunk_size: as in
-            :func:`spectral_density` (``steps`` is capped at each block's size).
+        n_probes, steps, seed, start, memory_budget, chunk_size, progress: as in
+            :func:`spectral_density` (``steps`` is capped at each block's size; one bar
+            for all blocks).
 
     Returns:
         dict block name (``partition.names``, else the block index) -> SpectralDensity.
@@ -583,7 +605,7 @@ def block_spectra(
     Example:
         >>> H = torch.block_diag(torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64)),
         ...                      torch.tensor([[5.0]], dtype=torch.float64))
-        >>> spectra = block_spectra(H, Partition.from_labels([0, 0, 1]), n_probes=2)
+        >>> spectra = block_spectra(H, Partition.from_labels([0, 0, 1]), n_probes=2, progress=False)
         >>> [round(s.lambda_max, 10) for s in spectra.values()]
         [2.0, 5.0]
     """
@@ -606,7 +628,8 @@ def block_spectra(
     blocks = list(zip(names, partition.blocks()))
     return _run_blocks(
         op, blocks, n_probes=int(n_probes), steps=int(steps), seed=seed, start=start,
-        memory_budget=int(memory_budget), chunk_size=chunk_size,
+        memory_budget=int(memory_budget), chunk_size=chunk_size, progress=progress,
+        desc=f"block_spectra (SLQ, {len(blocks)} blocks)",
     )  # fmt: skip
 
 
@@ -679,7 +702,7 @@ def block_heterogeneity(
 
     Example:
         >>> H = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
-        >>> same = block_spectra(H, Partition.from_labels([0, 0, 1, 1]), n_probes=2)
+        >>> same = block_spectra(H, Partition.from_labels([0, 0, 1, 1]), n_probes=2, progress=False)
         >>> block_heterogeneity(same, sigma=0.1).value < 1e-8
         True
     """

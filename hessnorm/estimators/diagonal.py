@@ -28,12 +28,14 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.cauchy import l11_norm
 from hessnorm.estimators.trace import (
+    _EXACT_ADVICE,
     _chunked_hvp,
     _default_chunk,
     _rademacher,
-    exact_trace,
+    _unit_diagonal,
     t_quantile,
 )
 from hessnorm.operator import as_operator
@@ -126,6 +128,7 @@ def diagonal(
     seed: int = 0,
     exact: bool | None = None,
     chunk_size: int | None = None,
+    progress: bool = True,
 ) -> Diagonal:
     """diag(H) by Rademacher probes, mean_i zᵢ ⊙ Hzᵢ (Bekas et al. 2007), or exactly.
 
@@ -143,15 +146,18 @@ def diagonal(
         exact: True for the exact diagonal, False for the estimate; None (default)
             picks exact when d ≤ n, i.e. when it costs no more HVPs than asked.
         chunk_size: probes per ``op.hvp`` call (default: ~2²⁷ entries per call).
+        progress: show a tqdm bar (HVPs done / n, or / d when exact) with an ETA; a run
+            projected past 10 minutes emits a
+            :class:`~hessnorm.estimators._progress.SlowRunWarning` either way.
 
     Returns:
         :class:`Diagonal` (per-tensor sums over ``op.param_slices``, or one block "all").
 
     Example:
         >>> H = torch.tensor([[2.0, 1.0, 0.0], [1.0, -3.0, 0.5], [0.0, 0.5, 4.0]], dtype=torch.float64)
-        >>> diagonal(H).values.tolist()
+        >>> diagonal(H, progress=False).values.tolist()
         [2.0, -3.0, 4.0]
-        >>> est = diagonal(H, n=4000, exact=False, seed=1)
+        >>> est = diagonal(H, n=4000, exact=False, seed=1, progress=False)
         >>> bool(((est.values - torch.tensor([2.0, -3.0, 4.0], dtype=torch.float64)).abs() < 4 * est.std_error).all())
         True
     """
@@ -168,7 +174,8 @@ def diagonal(
     slices = _slices(op)
     chunk = chunk_size if chunk_size is not None else _default_chunk(d)
     if exact:
-        _, values = exact_trace(op, chunk_size=chunk)
+        with progress_bar(d, "diagonal (exact)", enabled=progress, advice=_EXACT_ADVICE) as bar:
+            values = _unit_diagonal(op, chunk, bar)
         per = {k: (float(values[s].sum()), 0.0) for k, s in slices.items()}
         return Diagonal(
             values, torch.zeros(d, dtype=torch.float64), per, 0.0, True, d, d,
@@ -180,17 +187,19 @@ def diagonal(
     names = list(slices)
     sums = torch.zeros(n, len(names) + 1, dtype=torch.float64)
     done = 0
-    while done < n:
-        k = min(chunk, n - done)
-        Z = _rademacher(g, k, d, op.dtype, op.device)
-        X = (Z * _chunked_hvp(op, Z, None)).double()
-        acc += X.sum(0)
-        acc2 += X.pow(2).sum(0)
-        for j, name in enumerate(names):
-            sums[done : done + k, j] = X[:, slices[name]].sum(1).cpu()
-        sums[done : done + k, -1] = X.sum(1).cpu()
-        done += k
-        del Z, X
+    advice = "fewer probes (n; the standard errors grow like 1/sqrt(n))"
+    with progress_bar(n, "diagonal (Rademacher)", enabled=progress, advice=advice) as bar:
+        while done < n:
+            k = min(chunk, n - done)
+            Z = _rademacher(g, k, d, op.dtype, op.device)
+            X = (Z * _chunked_hvp(op, Z, None, bar)).double()
+            acc += X.sum(0)
+            acc2 += X.pow(2).sum(0)
+            for j, name in enumerate(names):
+                sums[done : done + k, j] = X[:, slices[name]].sum(1).cpu()
+            sums[done : done + k, -1] = X.sum(1).cpu()
+            done += k
+            del Z, X
     mean = (acc / n).cpu()
     var = ((acc2.cpu() - n * mean.pow(2)) / (n - 1)).clamp_min(0.0)
     se = (var / n).sqrt()
@@ -219,7 +228,7 @@ def diagonal_share(
     confidence: float = 0.95,
     exact_diagonal: bool | None = None,
     chunk_size: int | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Estimate:
     """share = Σᵢ|Hᵢᵢ| / ‖H‖₁,₁: the fraction of the Hessian's (1,1)-mass on its diagonal.
 
@@ -252,7 +261,8 @@ def diagonal_share(
         confidence: joint coverage of the interval.
         exact_diagonal: passed to :func:`diagonal` as ``exact``.
         chunk_size: probes per HVP call for both estimators.
-        progress: tqdm bars of ``l11_norm``.
+        progress: tqdm bars of :func:`diagonal` and of ``l11_norm`` (each with its ETA
+            and :class:`~hessnorm.estimators._progress.SlowRunWarning`).
 
     Returns:
         Estimate ``diagonal_share`` with details ``per_tensor`` (name -> share of the
@@ -261,7 +271,7 @@ def diagonal_share(
 
     Example:
         >>> H = torch.diag(torch.arange(1.0, 201.0, dtype=torch.float64))
-        >>> est = diagonal_share(H, n_diag=50, n_l11=50)
+        >>> est = diagonal_share(H, n_diag=50, n_l11=50, progress=False)
         >>> est.covers(1.0), est.value > 0.9
         (True, True)
     """
@@ -270,7 +280,9 @@ def diagonal_share(
         raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
     t0 = time.perf_counter()
     alpha = 1.0 - confidence
-    diag = diagonal(op, n=n_diag, seed=seed, exact=exact_diagonal, chunk_size=chunk_size)
+    diag = diagonal(
+        op, n=n_diag, seed=seed, exact=exact_diagonal, chunk_size=chunk_size, progress=progress
+    )
     l11 = l11_norm(
         op, n=n_l11, seed=seed + 1, confidence=1 - alpha / 2, chunk_size=chunk_size,
         progress=progress,

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import as_operator
 
 __all__ = ["trace"]
@@ -64,11 +65,20 @@ def _gaussian(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor:
     return out
 
 
-def _chunked_hvp(op, V: Tensor, chunk_size: int | None) -> Tensor:
-    """H V for (k, d) V, ``chunk_size`` rows per ``op.hvp`` call, checked finite."""
+def _chunked_hvp(op, V: Tensor, chunk_size: int | None, bar=None) -> Tensor:
+    """H V for (k, d) V, ``chunk_size`` rows per ``op.hvp`` call, checked finite.
+
+    ``bar`` (a :class:`~hessnorm.estimators._progress.ProgressBar`) counts the rows of
+    every call as it returns.
+    """
     k = V.shape[0]
     chunk = k if chunk_size is None else max(1, int(chunk_size))
-    out = torch.cat([op.hvp(V[i : i + chunk]) for i in range(0, k, chunk)])
+    pieces = []
+    for i in range(0, k, chunk):
+        pieces.append(op.hvp(V[i : i + chunk]))
+        if bar is not None:
+            bar.update(min(chunk, k - i))
+    out = torch.cat(pieces)
     if not torch.isfinite(out).all():
         raise NonFiniteError(
             "a Hessian-vector product is not finite; try float64 or check the model"
@@ -80,11 +90,12 @@ def _default_chunk(d: int) -> int:
     return max(1, (1 << 27) // max(d, 1))
 
 
-def exact_trace(op, *, chunk_size: int | None = None) -> tuple[float, Tensor]:
-    """tr(H) and diag(H) from the d unit vectors, ``chunk_size`` per HVP call (d HVPs)."""
-    op = as_operator(op)
+_EXACT_ADVICE = "ask for fewer HVPs than d (n < d) to estimate instead of reading all d columns"
+
+
+def _unit_diagonal(op, chunk: int, bar) -> Tensor:
+    """diag(H) from the d unit vectors, ``chunk`` per HVP call, counted in ``bar``."""
     d = op.d
-    chunk = _default_chunk(d) if chunk_size is None else int(chunk_size)
     diag = torch.empty(d, dtype=torch.float64)
     for s in range(0, d, chunk):
         e = min(d, s + chunk)
@@ -92,6 +103,31 @@ def exact_trace(op, *, chunk_size: int | None = None) -> tuple[float, Tensor]:
         E[torch.arange(e - s), torch.arange(s, e)] = 1
         HE = _chunked_hvp(op, E, None)
         diag[s:e] = HE[torch.arange(e - s), torch.arange(s, e)].double().cpu()
+        bar.update(e - s)
+    return diag
+
+
+def exact_trace(
+    op, *, chunk_size: int | None = None, progress: bool = True
+) -> tuple[float, Tensor]:
+    """tr(H) and diag(H) from the d unit vectors, ``chunk_size`` per HVP call (d HVPs).
+
+    Args:
+        op: a Hessian-like operator or a dense symmetric tensor.
+        chunk_size: unit vectors per ``op.hvp`` call (default: ~2²⁷ entries per call).
+        progress: show a tqdm bar (HVPs done / d) and its time projection.
+
+    Example:
+        >>> H = torch.tensor([[2.0, 1.0], [1.0, -3.0]], dtype=torch.float64)
+        >>> tr, diag = exact_trace(H, progress=False)
+        >>> tr, diag.tolist()
+        (-1.0, [2.0, -3.0])
+    """
+    op = as_operator(op)
+    chunk = _default_chunk(op.d) if chunk_size is None else int(chunk_size)
+    advice = "estimate instead: trace(op, n=...) or diagonal(op, n=..., exact=False), n < d"
+    with progress_bar(op.d, "exact_trace (unit vectors)", enabled=progress, advice=advice) as bar:
+        diag = _unit_diagonal(op, chunk, bar)
     return float(diag.sum()), diag
 
 
@@ -110,6 +146,7 @@ def trace(
     seed: int = 0,
     confidence: float = 0.95,
     chunk_size: int | None = None,
+    progress: bool = True,
 ) -> Estimate:
     """tr(H) = Σᵢ λᵢ by Hutch++ (default) or Hutchinson, with a Student-t interval.
 
@@ -134,6 +171,9 @@ def trace(
         seed: seeds the CPU generator the Rademacher probes come from.
         confidence: nominal coverage of the interval.
         chunk_size: probes per ``op.hvp`` call (default: ~2²⁷ entries per call).
+        progress: show a tqdm bar (HVPs done / n, or / d when exact) with an ETA; a run
+            projected past 10 minutes emits a
+            :class:`~hessnorm.estimators._progress.SlowRunWarning` either way.
 
     Returns:
         Estimate ``trace`` (``value_per_dim`` is the mean eigenvalue) with details
@@ -143,7 +183,7 @@ def trace(
 
     Example:
         >>> H = torch.diag(torch.tensor([100.0, 50.0] + [0.01] * 98, dtype=torch.float64))
-        >>> est = trace(H, n=30, seed=0)
+        >>> est = trace(H, n=30, seed=0, progress=False)
         >>> est.covers(150.98), abs(est.value - 150.98) < 0.1
         (True, True)
     """
@@ -162,7 +202,8 @@ def trace(
     d = op.d
     chunk = chunk_size if chunk_size is not None else _default_chunk(d)
     if n >= d:
-        value, _ = exact_trace(op, chunk_size=chunk)
+        with progress_bar(d, "trace (exact)", enabled=progress, advice=_EXACT_ADVICE) as bar:
+            value = float(_unit_diagonal(op, chunk, bar).sum())
         return Estimate(
             name="trace",
             value=value,
@@ -177,29 +218,31 @@ def trace(
     g = torch.Generator().manual_seed(int(seed))
     exact_part = 0.0
     k = 0
-    if method == "hutch++":
-        k = n // 3
-        S = _rademacher(g, k, d, op.dtype, op.device)
-        Y = _chunked_hvp(op, S, chunk)
-        del S
-        work = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
-        Q = torch.linalg.qr(Y.T.to(work)).Q.T.to(op.dtype)  # (k, d) orthonormal rows
-        del Y
-        m = n - 2 * k
-        G = _rademacher(g, m, d, op.dtype, op.device)
-        G = G - (G @ Q.T) @ Q
-        HB = _chunked_hvp(op, torch.cat([Q, G]), chunk)
-        exact_part = float((Q * HB[:k]).sum(dtype=torch.float64))
-        # G ⊥ Q already, so gᵀ(I−QQᵀ)H(I−QQᵀ)g = (Gᵢ)ᵀ(HG)ᵢ with the projected G.
-        samples = (G * HB[k:]).sum(dim=1, dtype=torch.float64)
-        del Q, G, HB
-    else:
-        m = n
-        samples = torch.empty(m, dtype=torch.float64)
-        for s in range(0, m, chunk):
-            Z = _rademacher(g, min(chunk, m - s), d, op.dtype, op.device)
-            HZ = _chunked_hvp(op, Z, None)
-            samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
+    advice = "fewer probes (n; the interval widens like 1/sqrt(n) for Hutchinson)"
+    with progress_bar(n, f"trace ({method})", enabled=progress, advice=advice) as bar:
+        if method == "hutch++":
+            k = n // 3
+            S = _rademacher(g, k, d, op.dtype, op.device)
+            Y = _chunked_hvp(op, S, chunk, bar)
+            del S
+            work = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
+            Q = torch.linalg.qr(Y.T.to(work)).Q.T.to(op.dtype)  # (k, d) orthonormal rows
+            del Y
+            m = n - 2 * k
+            G = _rademacher(g, m, d, op.dtype, op.device)
+            G = G - (G @ Q.T) @ Q
+            HB = _chunked_hvp(op, torch.cat([Q, G]), chunk, bar)
+            exact_part = float((Q * HB[:k]).sum(dtype=torch.float64))
+            # G ⊥ Q already, so gᵀ(I−QQᵀ)H(I−QQᵀ)g = (Gᵢ)ᵀ(HG)ᵢ with the projected G.
+            samples = (G * HB[k:]).sum(dim=1, dtype=torch.float64)
+            del Q, G, HB
+        else:
+            m = n
+            samples = torch.empty(m, dtype=torch.float64)
+            for s in range(0, m, chunk):
+                Z = _rademacher(g, min(chunk, m - s), d, op.dtype, op.device)
+                HZ = _chunked_hvp(op, Z, None, bar)
+                samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
     samples = samples.cpu()
     mean = float(samples.mean())
     se = float(samples.std(unbiased=True)) / math.sqrt(m)
