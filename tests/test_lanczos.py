@@ -1,11 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimators import exact
-from hessnorm.estimators._krylov import NormBound, start_radius, tridiag_eig
+from hessnorm.estimators._krylov import KrylovBound, start_radius, tridiag_eig
 from hessnorm.estimators.lanczos import lanczos, spectral_norm, top_eigenpairs
 
 
@@ -88,17 +89,71 @@ def test_upper_bound_is_the_random_start_bound():
         est = spectral_norm(H, max_iter=m, progress=False)
         assert est.n_hvp == m and not est.details["converged"]
         assert est.low <= 10.0 <= est.high
-    # Gap-free bound: with all Ritz values in [−a, a], high = a·cosh(arccosh(N/t)/(m−1)).
-    theta = torch.linspace(-1.0, 1.0, 20, dtype=torch.float64).numpy()
-    S = torch.eye(20, dtype=torch.float64).numpy()
-    S[0] = 1 / math.sqrt(20)
+    # Gap-free bound: Ritz values uniform in [−1, 1] with equal weights. The Chebyshev
+    # polynomial C_{m−1} is one candidate p with N(p) ≤ 1, so the optimal bound is at
+    # most the closed form cosh(arccosh(1/t)/(m − 1)).
+    a, b = _jacobi(np.linspace(-1.0, 1.0, 20), np.full(20, 1 / 20))
     t = start_radius(1000, 0.01)
-    b = NormBound(theta, S, t, False)
-    b.roots = b.roots[:0]  # keep j = 0 only
-    b.lo, b.hi, b.k, b.width, b.logN = b.lo[:1], b.hi[:1], b.k[:1], b.width[:1], b.logN[:1]
-    # N = sqrt(Σ w_i C(θ_i)²) ≤ 1, so the bound is at most the closed form with N = 1
-    assert b.high() <= math.cosh(math.acosh(1 / t) / 19) * (1 + 1e-9)
-    assert b.high() > 1.0
+    bound = KrylovBound(a, b, t, False)
+    assert bound.top == pytest.approx(1.0, rel=1e-12)
+    assert 1.0 < bound.high() <= math.cosh(math.acosh(1 / t) / 19) * (1 + 1e-9)
+
+
+def _jacobi(nodes, weights):
+    """(α, β) of the tridiagonal whose spectral measure at e₁ is Σ w_i δ_{x_i}: Lanczos on
+    diag(nodes) from the start vector √w, with full re-orthogonalisation (numpy)."""
+    D = np.asarray(nodes, dtype=np.float64)
+    q = np.sqrt(np.asarray(weights, dtype=np.float64))
+    q /= np.linalg.norm(q)
+    Q, alpha, beta = [q], [], []
+    for _ in range(len(D)):
+        w = D * Q[-1]
+        alpha.append(float(Q[-1] @ w))
+        for _ in range(2):
+            w = w - np.array(Q).T @ (np.array(Q) @ w)
+        beta.append(float(np.linalg.norm(w)))
+        if len(Q) == len(D):
+            break
+        Q.append(w / beta[-1])
+    return np.array(alpha), np.array(beta)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_krylov_bound_is_the_best_polynomial(seed):
+    """t²·K_m(x) > 1 exactly when every polynomial p of degree < m with p(x) = 1 has
+    Σ w_i p(θ_i)² < t²: K_m(x) = 1 / min_p Σ w_i p(θ_i)² (the Christoffel function),
+    checked against a brute-force constrained least-squares fit over degree < m."""
+    rng = np.random.default_rng(seed)
+    m = 6
+    theta = np.sort(rng.uniform(-2.0, 1.0, m))
+    w = rng.dirichlet(np.ones(m))
+    a, b = _jacobi(theta, w)
+    top = float(np.abs(theta).max())
+    V = np.polynomial.chebyshev.chebvander(theta / 3.0, m - 2)  # degree ≤ m − 2
+    G = V.T @ (w[:, None] * V)
+
+    def brute_k(x):  # 1 / min_p Σ w_i p(θ_i)² over p(x) = 1: a Lagrange-multiplier solve
+        vx = np.polynomial.chebyshev.chebvander(np.array([x / 3.0]), m - 2)[0]
+        return float(vx @ np.linalg.solve(G, vx))
+
+    # K_{m−1} (degree ≤ m − 2; degree m − 1 could vanish on every node) from T's first
+    # m − 1 rows, compared at ±x because the bound excludes x only when both sides are
+    bound = KrylovBound(a[: m - 1], b[: m - 1], 1.0, False)
+    for x in (top * 1.01, top * 1.3, top * 3.0):
+        assert _christoffel(bound, x) == pytest.approx(min(brute_k(x), brute_k(-x)), rel=1e-8)
+
+
+def _christoffel(bound, x):
+    """min(K(±x)) read back from the bound's exclusion test by bisection on 1/t²."""
+    lo, hi = 1e-12, 1e12
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        bound.lim = mid
+        if bound._excluded(np.array([x]))[0] and bound._excluded(np.array([-x]))[0]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def test_float32_operator_float64_ritz():

@@ -19,17 +19,22 @@ eigenvalue λ* with |λ*| = ‖M‖₂ and c = ⟨v, u⟩.
    ‖p(M)v‖² ≥ c² p(λ*)², on E every such p satisfies
    t·|p(λ*)| ≤ N(p) := (Σ_i w_i p(θ_i)²)^{1/2}. p may be chosen after looking at T_m:
    E does not depend on p.
-3. The polynomials. For j = 0, 1, …, J let S_j be the j Ritz values of largest
-   magnitude and [l_j, h_j] the hull of the others;
-   p_j(x) = Π_{s∈S_j}(x − θ_s) · C_{m−1−j}((2x − l_j − h_j)/(h_j − l_j)) with C_k the
-   Chebyshev polynomial. |C_k| ≤ 1 on the hull, so N(p_j) is at most the deflated
-   Ritz weights, while |p_j(±x)| grows like e^{k·arccosh} for x ≥ max|θ|. On E,
-   ‖M‖₂ = |λ*| ≤ high_j := the largest x ≥ max|θ| with t|p_j(x)| ≤ N(p_j) or
-   t|p_j(−x)| ≤ N(p_j) (|p_j(±x)| increase with x there, so bisection finds it).
-   high = min_j high_j. j = 0 is the gap-free Kuczyński–Woźniakowski-type bound
-   ‖M‖₂ ≲ max|θ|·(1 + (ln(2/t))²/(2(m − 1)²)); j ≥ 1 deflates converged outliers
-   and gives geometric convergence in the gap. At an exact breakdown (invariant Krylov
-   space) E implies that λ* is a Ritz value, so high = max|θ|.
+3. The best polynomial. For a fixed x the smallest N(p) over p with p(x) = 1 and
+   degree ≤ m − 1 is 1/√K_m(x), where K_m(x) = Σ_{k<m} φ_k(x)² is the Christoffel
+   function of the discrete measure Σ_i w_i δ_{θ_i} and φ_k its orthonormal
+   polynomials (Szegő, Orthogonal Polynomials, §3.1). Those are the Lanczos
+   polynomials: φ_0 = 1, β_k φ_k(x) = (x − α_{k−1}) φ_{k−1}(x) − β_{k−1} φ_{k−2}(x),
+   read off T_m with no eigen-decomposition. So on E, t²·K_m(λ*) ≤ 1: every x with
+   t²·K_m(x) > 1 is excluded. The roots of every φ_k lie inside [min θ, max θ] (they
+   are the Ritz values of T_k), so K_m(±x) increases with x ≥ max|θ|, and
+   high := the largest x ≥ max|θ| with t²·K_m(x) ≤ 1 or t²·K_m(−x) ≤ 1 is found by
+   bisection; ‖M‖₂ = |λ*| ≤ high on E. Being optimal over all polynomials, it is at
+   least as tight as any fixed choice: the Chebyshev polynomial on the Ritz hull
+   gives the gap-free Kuczyński–Woźniakowski rate
+   ‖M‖₂ ≲ max|θ|·(1 + (ln(2/t))²/(2(m − 1)²)), and Chebyshev polynomials deflated at
+   the outlying Ritz values give geometric convergence in the gap; K_m beats both.
+   At an exact breakdown (invariant Krylov space) E implies that λ* is a Ritz value,
+   so high = max|θ|.
 4. Lower end (deterministic): ρ_m = σ_max([T_m; β_m e_mᵀ]) = max_{y∈range Q_m}
    ‖My‖/‖y‖ ≤ ‖M‖₂, and ρ_m ≥ max|θ_i|.
 
@@ -43,11 +48,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import eig_banded, eigh_tridiagonal
+from scipy.linalg import eig_banded, eigh_tridiagonal, eigvalsh_tridiagonal
 
-__all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "NormBound"]
-
-_J_MAX = 8  # deflation depths tried (each costs one vectorised evaluation)
+__all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "KrylovBound"]
 
 
 def start_radius(n: int, delta: float) -> float:
@@ -103,66 +106,73 @@ def norm_lower(alpha: np.ndarray, beta: np.ndarray) -> float:
     return float(math.sqrt(max(top, 0.0)))
 
 
-class NormBound:
+class KrylovBound:
     """The step-3 bound for one Lanczos state: ``exceeds(x)`` and ``high()``.
 
+    Cost: O(m) per point x (the three-term recurrence), no eigen-decomposition.
+
     Args:
-        theta, S: Ritz values (ascending) and T's eigenvectors.
-        t: start radius; breakdown: whether β_m = 0 (invariant Krylov space).
+        alpha, beta: T_m's diagonal (m,) and off-diagonal (``beta[:m-1]``; a last
+            entry, the residual coupling, is ignored).
+        t: start radius (:func:`start_radius`); breakdown: whether β_m = 0.
+        floor: a known lower bound of ‖M‖₂ that is ≥ max|θ| (e.g. :func:`norm_lower`),
+            where the search starts; default max|θ| (one eigenvalue solve).
+
+    Example:
+        >>> a, b = np.array([1.0, 0.0]), np.array([1.0, 0.5])  # T = [[1, 1], [1, 0]]
+        >>> bound = KrylovBound(a, b, t=0.1, breakdown=False)
+        >>> theta = np.linalg.eigvalsh(np.array([[1.0, 1.0], [1.0, 0.0]]))
+        >>> bound.top == abs(theta).max() and bound.high() > bound.top
+        True
+        >>> bound.exceeds(bound.high()), bound.exceeds(0.999 * bound.high())
+        (True, False)
     """
 
-    def __init__(self, theta: np.ndarray, S: np.ndarray, t: float, breakdown: bool):
-        self.top = float(np.abs(theta).max())
+    def __init__(self, alpha, beta, t: float, breakdown: bool, floor: float | None = None):
+        self.a = np.asarray(alpha, dtype=np.float64)
+        self.m = len(self.a)
+        self.b = np.asarray(beta, dtype=np.float64)[: max(self.m - 1, 0)]
+        self.lim = 1.0 / (t * t)
         self.breakdown = breakdown
-        self.log_t = math.log(t)
-        m = len(theta)
-        w = S[0] ** 2
-        order = np.argsort(-np.abs(theta), kind="stable")
-        J = min(_J_MAX, m - 1)
-        th = theta[order]  # by decreasing magnitude; S_j = th[:j]
-        wo = w[order]
-        self.roots = th[:J]
-        j = np.arange(J + 1)
-        # hull of th[j:], for every j
-        self.lo = np.minimum.accumulate(th[::-1])[::-1][: J + 1]
-        self.hi = np.maximum.accumulate(th[::-1])[::-1][: J + 1]
-        k = m - 1 - j
-        k = np.where(self.hi > self.lo, k, 0)
-        self.k = k
-        width = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
-        self.width = width
-        # log|Π_{s<j} (θ_i − th_s)| for every i (rows) and j (cols): prefix sums
-        D = np.log(np.abs(th[:, None] - self.roots[None, :]) + 1e-300)  # (m, J)
-        P = np.concatenate([np.zeros((m, 1)), np.cumsum(D, axis=1)], axis=1)  # (m, J+1)
-        y = (2.0 * th[:, None] - self.lo[None, :] - self.hi[None, :]) / width[None, :]
-        C = np.abs(np.cos(k[None, :] * np.arccos(np.clip(y, -1.0, 1.0))))
-        lw = np.log(wo + 1e-300)[:, None] + 2.0 * (P + np.log(C + 1e-300))
-        lw = np.where(np.arange(m)[:, None] >= j[None, :], lw, -np.inf)  # i ∉ S_j
-        mx = lw.max(axis=0)
-        self.logN = 0.5 * (mx + np.log(np.exp(lw - mx[None, :]).sum(axis=0)))
+        if floor is None:
+            if self.m == 1:
+                floor = abs(float(self.a[0]))
+            else:
+                ends = eigvalsh_tridiagonal(
+                    self.a, self.b, select="i", select_range=(0, self.m - 1)
+                )
+                floor = float(np.abs(ends).max())
+        self.top = float(floor)
 
-    def _f(self, x) -> np.ndarray | float:
-        """max_j min_± [log t + log|p_j(±x)| − log N_j]; ≥ 0 means x ≥ high.
-
-        ``x`` may be a scalar or a 1-d array of points (evaluated in one pass).
-        """
+    def _excluded(self, x) -> np.ndarray:
+        """Whether t²·K_m(x) > 1 and t²·K_m(−x) > 1, for each x ≥ top (array)."""
         xs = np.atleast_1d(np.asarray(x, dtype=np.float64))
-        s = np.concatenate([xs, -xs])  # (2n,)
-        L = np.log(np.abs(s[:, None] - self.roots[None, :]) + 1e-300)  # (2n, J)
-        P = np.concatenate([np.zeros((len(s), 1)), np.cumsum(L, axis=1)], axis=1)
-        y = (2.0 * s[:, None] - self.lo[None, :] - self.hi[None, :]) / self.width[None, :]
-        a = np.arccosh(np.maximum(np.abs(y), 1.0))
-        cheb = self.k * a + np.log1p(np.exp(-2.0 * self.k * a)) - math.log(2.0)
-        v = self.log_t - self.logN[None, :] + P + cheb  # (2n, J+1)
+        z = np.concatenate([xs, -xs])
+        p_prev = np.zeros_like(z)
+        p = np.ones_like(z)
+        total = np.ones_like(z)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k in range(self.m - 1):
+                coupling = self.b[k - 1] * p_prev if k > 0 else 0.0
+                p_prev, p = p, ((z - self.a[k]) * p - coupling) / self.b[k]
+                total += p * p
+                out = ~(total <= self.lim)  # past the limit, or overflowed (also excluded)
+                if out.all():
+                    break
+                # excluded points stop growing (no overflow in later steps)
+                p = np.where(out, 0.0, p)
+                p_prev = np.where(out, 0.0, p_prev)
+        out = ~(total <= self.lim)
         n = len(xs)
-        out = np.minimum(v[:n], v[n:]).max(axis=1)
-        return float(out[0]) if np.ndim(x) == 0 else out
+        return out[:n] & out[n:]
 
     def exceeds(self, x: float) -> bool:
         """Whether x is at least the bound (so ‖M‖₂ ≤ x on the event E)."""
+        if x < self.top:
+            return False
         if self.breakdown:
-            return x >= self.top
-        return x >= self.top and self._f(x) >= 0.0
+            return True
+        return self.m > 1 and bool(self._excluded(x)[0])
 
     def high(self, rel: float = 1e-12) -> float:
         """The bound itself, to relative precision ``rel``, rounded up.
@@ -172,23 +182,21 @@ class NormBound:
         """
         if self.breakdown or self.top == 0.0:
             return self.top
+        if self.m == 1:
+            return math.inf  # p is a constant: nothing is excluded
         lo = self.top
-        if self._f(lo) >= 0.0:
+        if self._excluded(lo)[0]:
             return lo
-        if len(self.roots) == 0 and not self.k.any():
-            return math.inf  # one step: p is a constant, nothing is excluded
-        factor = 2.0
-        hi = factor * lo
-        while self._f(hi) < 0.0:
-            lo, factor = hi, factor * factor
-            hi = lo * factor
+        hi = 2.0 * lo
+        while not self._excluded(hi)[0]:
+            lo, hi = hi, hi * hi / lo  # square the ratio each time
             if hi > 1e300:
                 return math.inf
-        # invariant: f(lo) < 0 ≤ f(hi); f is increasing in x on [top, ∞)
+        # invariant: lo is not excluded, hi is; exclusion is monotone in x ≥ top
         while hi - lo > rel * hi:
             grid = np.exp(np.linspace(math.log(lo), math.log(hi), 34)[1:-1])
-            ok = self._f(grid) >= 0.0
-            i = int(np.argmax(ok)) if ok.any() else len(grid)
+            out = self._excluded(grid)
+            i = int(np.argmax(out)) if out.any() else len(grid)
             if i < len(grid):
                 hi = float(grid[i])
             if i > 0:

@@ -47,11 +47,10 @@ from torch import Tensor
 from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._krylov import (
-    NormBound,
+    KrylovBound,
     norm_lower,
     rounding_slack,
     start_radius,
-    tridiag_eig,
 )
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.lanczos import _ritz, lanczos, spectral_norm
@@ -127,8 +126,7 @@ def _stopper(n, delta, tol):
         low = norm_lower(alpha, beta)
         if low == 0.0:
             return breakdown
-        theta, S = tridiag_eig(alpha, beta)
-        return NormBound(theta, S, t, breakdown).exceeds(low * target)
+        return KrylovBound(alpha, beta, t, breakdown, floor=low).exceeds(low * target)
 
     return stop
 
@@ -139,8 +137,7 @@ def _pair_bound_from_state(st, n, delta, eta):
     rho = norm_lower(a, b)
     if rho == 0.0:
         return 0.0, 0.0
-    theta, S = tridiag_eig(a, b)
-    high = NormBound(theta, S, start_radius(n, delta), st.breakdown).high()
+    high = KrylovBound(a, b, start_radius(n, delta), st.breakdown, floor=rho).high()
     e2 = min(2 * eta + eta * eta, 0.49)
     return math.sqrt(rho / (1 + e2)), math.sqrt(high / (1 - e2))
 
