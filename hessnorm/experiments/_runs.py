@@ -292,7 +292,7 @@ def hessian_norms(
 
 
 # bump when an estimator's value or interval construction changes
-NORMS_VERSION = 2
+NORMS_VERSION = 3
 
 
 def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[str, dict]:
