@@ -172,7 +172,19 @@ class KrylovBound:
             return False
         if self.breakdown:
             return True
-        return self.m > 1 and bool(self._excluded(x)[0])
+        return self.m > 1 and self._excluded_at(x) and self._excluded_at(-x)
+
+    def _excluded_at(self, z: float) -> bool:
+        """t²·K_m(z) > 1 for one point, in plain floats (the stopping rule's hot path)."""
+        a, b, lim = self.a.tolist(), self.b.tolist(), self.lim
+        p_prev, p, total = 0.0, 1.0, 1.0
+        for k in range(self.m - 1):
+            coupling = b[k - 1] * p_prev if k > 0 else 0.0
+            p_prev, p = p, ((z - a[k]) * p - coupling) / b[k]
+            total += p * p
+            if not total <= lim:  # past the limit (or overflowed): excluded
+                return True
+        return False
 
     def high(self, rel: float = 1e-12) -> float:
         """The bound itself, to relative precision ``rel``, rounded up.
