@@ -51,7 +51,14 @@ _J_MAX = 8  # deflation depths tried (each costs one vectorised evaluation)
 
 
 def start_radius(n: int, delta: float) -> float:
-    """t with P(|⟨v, u⟩| < t) ≤ δ for v uniform on the unit sphere of R^n (step 1)."""
+    """t with P(|⟨v, u⟩| < t) ≤ δ for v uniform on the unit sphere of R^n (step 1).
+
+    t = min(1, δ/√(2n/π)); no HVP.
+
+    Example:
+        >>> start_radius(1, 0.05), round(start_radius(100, 0.05), 6)
+        (1.0, 0.006267)
+    """
     if n <= 1:
         return 1.0
     return min(1.0, delta / math.sqrt(2.0 * n / math.pi))
@@ -64,12 +71,22 @@ def rounding_slack(n: int, eps: float) -> float:
     summation and independent rounding errors the relative error is O(√n·eps) with
     high probability (Higham & Mary 2019, probabilistic rounding error analysis).
     The floor of 10·eps also covers treating β ≤ 10·eps·‖T‖ as a breakdown.
+
+    Example:
+        >>> rounding_slack(100, 1e-16), rounding_slack(10_000, 1e-16)
+        (1e-15, 1e-14)
     """
     return eps * max(10.0, math.sqrt(n))
 
 
 def tridiag_eig(alpha: np.ndarray, beta: np.ndarray):
-    """Ritz values θ (ascending) and eigenvectors S of T (alpha diag, beta[:-1] off)."""
+    """Ritz values θ (ascending) and eigenvectors S of T (alpha diag, beta[:-1] off).
+
+    Example:
+        >>> theta, S = tridiag_eig(np.array([2.0, 2.0]), np.array([1.0, 0.0]))
+        >>> theta.tolist(), np.abs(S).round(4).tolist()
+        ([1.0, 3.0], [[0.7071, 0.7071], [0.7071, 0.7071]])
+    """
     m = len(alpha)
     if m == 1:
         return alpha.astype(np.float64).copy(), np.ones((1, 1))
@@ -77,7 +94,15 @@ def tridiag_eig(alpha: np.ndarray, beta: np.ndarray):
 
 
 def norm_lower(alpha: np.ndarray, beta: np.ndarray) -> float:
-    """ρ_m = σ_max([T_m; β_m e_mᵀ]) (step 4), from the m×m Gram matrix TᵀT + β_m² e e ᵀ."""
+    """ρ_m = σ_max([T_m; β_m e_mᵀ]) (step 4), from the m×m Gram matrix TᵀT + β_m² e e ᵀ.
+
+    Example:
+        >>> alpha = np.array([2.0, 2.0])  # T = [[2, 1], [1, 2]], eigenvalues 1 and 3
+        >>> norm_lower(alpha, np.array([1.0, 0.0]))  # breakdown: ρ = max|θ|
+        3.0
+        >>> round(norm_lower(alpha, np.array([1.0, 1.0])), 6)  # √((11 + √65)/2)
+        3.087253
+    """
     m = len(alpha)
     T = np.diag(alpha)
     if m > 1:
@@ -93,6 +118,16 @@ class NormBound:
     Args:
         theta, S: Ritz values (ascending) and T's eigenvectors.
         t: start radius; breakdown: whether β_m = 0 (invariant Krylov space).
+
+    Example:
+        >>> alpha = np.array([2.0, 2.0])
+        >>> theta, S = tridiag_eig(alpha, np.array([1.0, 0.0]))
+        >>> NormBound(theta, S, start_radius(2, 0.05), breakdown=True).high()
+        3.0
+        >>> theta, S = tridiag_eig(alpha, np.array([1.0, 1.0]))
+        >>> b = NormBound(theta, S, start_radius(1000, 0.05), breakdown=False)
+        >>> round(b.high(), 4), b.exceeds(3.0), b.exceeds(1000.0)  # two steps: loose
+        (506.6265, False, True)
     """
 
     def __init__(self, theta: np.ndarray, S: np.ndarray, t: float, breakdown: bool):

@@ -81,7 +81,13 @@ def _default_chunk(d: int) -> int:
 
 
 def exact_trace(op, *, chunk_size: int | None = None) -> tuple[float, Tensor]:
-    """tr(H) and diag(H) from the d unit vectors, ``chunk_size`` per HVP call (d HVPs)."""
+    """tr(H) and diag(H) from the d unit vectors, ``chunk_size`` per HVP call (d HVPs).
+
+    Example:
+        >>> tr, diag = exact_trace(torch.diag(torch.arange(5.0, dtype=torch.float64)), chunk_size=2)
+        >>> tr, diag.tolist()
+        (10.0, [0.0, 1.0, 2.0, 3.0, 4.0])
+    """
     op = as_operator(op)
     d = op.d
     chunk = _default_chunk(d) if chunk_size is None else int(chunk_size)
@@ -96,7 +102,12 @@ def exact_trace(op, *, chunk_size: int | None = None) -> tuple[float, Tensor]:
 
 
 def t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile (scipy), dof ≥ 1."""
+    """Student-t quantile (scipy), dof ≥ 1.
+
+    Example:
+        >>> round(t_quantile(0.975, 10), 4), t_quantile(0.5, 3)
+        (2.2281, 0.0)
+    """
     from scipy import stats
 
     return float(stats.t.ppf(p, dof))
