@@ -75,6 +75,16 @@ def quadratic_runs(
     The updates are paper 000 Algorithms 1 and 2 (``method`` "adam" / "adasgd") with
     the same switches as :class:`hessnorm.optim.BlockwiseAdam`; the tests check the
     two agree. Returns the losses after ``steps`` steps, shape (n,).
+
+    Example:
+        One step of Adam with β = (0, 0) moves every coordinate by lr·sign(g):
+
+        >>> H = torch.eye(2, dtype=torch.float64)
+        >>> X0 = torch.tensor([[1.0, -2.0], [1.0, -2.0]], dtype=torch.float64)
+        >>> lrs = torch.tensor([0.5, 0.25], dtype=torch.float64)
+        >>> f = quadratic_runs(H, X0, lrs, method="adam", betas=(0.0, 0.0), steps=1)
+        >>> [round(v, 6) for v in f.tolist()]  # ½(0.5² + 1.5²), ½(0.75² + 1.75²)
+        [1.25, 1.8125]
     """
     b1, b2 = betas
     x = X0.clone()
@@ -124,6 +134,17 @@ def reproduce_table1(out_dir: Path, quick: bool, seed: int, progress: bool) -> N
     paper's, with it outside all rows land near the paper's values.
     ``quick``: d = 200, 3 starts, 30 steps (a smoke test, not the table).
     Writes ``table.csv`` and ``table.md`` under ``out_dir``.
+
+    Example:
+        ``hessnorm reproduce table1`` calls it; even ``quick`` runs 936 short
+        trainings (under a second on one idle core, tests/test_experiments.py runs
+        it), so the example checks the dispatch and the paper row it compares with:
+
+        >>> from hessnorm.experiments import resolve
+        >>> resolve("table1") is reproduce_table1
+        True
+        >>> TABLE1_PAPER["Adam"][:2]  # (1,1)-norm/d of Σ and the β=(0,0) loss
+        (0.01164, 0.00022)
     """
     import pandas as pd
 
@@ -220,7 +241,15 @@ def _write_table1_md(path, df, d, n_seeds, steps, seed, seconds, quick) -> None:
 
 
 def table1_hessian(t: float, seed: int = 0) -> torch.Tensor:
-    """RᵀΣR for R = ExpSkew(1000, t, seed), dense float64."""
+    """RᵀΣR for R = ExpSkew(1000, t, seed), dense float64.
+
+    Example:
+        >>> H = table1_hessian(0.0)  # R = I: the unrotated Σ
+        >>> H.shape, torch.equal(H, torch.diag(quadratic_sigma(1000)))
+        (torch.Size([1000, 1000]), True)
+        >>> round(float(H.abs().sum()) / 1000, 5) == PAPER_L11_PER_D[0]
+        True
+    """
     sigma = quadratic_sigma(1000)
     R = ExpSkew(sigma.numel(), t, seed=seed).matrix()
     H = R.T @ (sigma[:, None] * R)
@@ -236,7 +265,22 @@ def table1_rows(
     target: float = 0.05,
     progress=False,
 ):
-    """One dict per t: exact and estimated (1,1)-norm/d, interval, and the n for a 5% interval."""
+    """One dict per t: exact and estimated (1,1)-norm/d, interval, and the n for a 5% interval.
+
+    Cost per t: one 1000 × 1000 matrix exponential and eigendecomposition, ``n``
+    HVPs (and up to ``max_n`` doubling the probes when ``search_n``).
+
+    Example:
+        Restricted to the unrotated row (t = 0) to stay fast:
+
+        >>> from unittest import mock
+        >>> import hessnorm.experiments.table1 as t1
+        >>> with mock.patch.object(t1, "PAPER_T", (0.0,)):
+        ...     rows = table1_rows(n=50, search_n=False)
+        >>> r = rows[0]
+        >>> round(r["exact_l11_per_d"], 5), r["spectral_norm"], r["covers_exact"]
+        (0.01164, 1.0, True)
+    """
     rows = []
     for t, paper in zip(PAPER_T, PAPER_L11_PER_D):
         H = table1_hessian(t, seed)
@@ -276,7 +320,24 @@ def _write(path: Path, text: str) -> None:
 
 
 def reproduce_l11(out_dir: Path, quick: bool, seed: int, progress: bool) -> None:
-    """Write ``table.md`` and ``table.csv`` under ``out_dir`` (``quick``: no search over n)."""
+    """Write ``table.md`` and ``table.csv`` under ``out_dir`` (``quick``: no search over n).
+
+    The rows are :func:`table1_rows` (paper 000 Table 1's (1,1)-norm/d column).
+
+    Example:
+        Restricted to the unrotated row (t = 0) to stay fast:
+
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> import hessnorm.experiments.table1 as t1
+        >>> out = Path(tempfile.mkdtemp())
+        >>> with mock.patch.object(t1, "PAPER_T", (0.0,)):
+        ...     reproduce_l11(out, quick=True, seed=0, progress=False)
+        >>> sorted(p.name for p in out.iterdir())
+        ['table.csv', 'table.md']
+        >>> (out / "table.md").read_text(encoding="utf-8").splitlines()[6][:40]
+        '| 0 | 0.01164 | 0.01164 | +0.03% | 0.011'
+    """
     import pandas as pd
 
     out_dir = Path(out_dir)
