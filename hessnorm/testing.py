@@ -7,7 +7,8 @@ LayerNorm, attention and tied input/output weights.
 
 ``make_problem(name)`` returns a ready :class:`~hessnorm.operator.HessianOperator`;
 ``problem_parts(name)`` returns ``(model, loss_fn, batches)`` for callers that
-build their own.
+build their own. :func:`tiny_hf_folder` writes a tiny Hugging Face causal LM folder
+for the examples of :mod:`hessnorm.hf` (built locally, nothing downloaded).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "char_tokens",
     "init_params",
     "lm_loss",
+    "tiny_hf_folder",
 ]
 
 
@@ -223,3 +225,61 @@ def make_problem(name: str, *, dtype=torch.float64, seed: int = 0, batchnorm: st
 
     model, loss, batches = problem_parts(name, seed=seed, **kw)
     return HessianOperator.from_module(model, loss, batches, dtype=dtype, batchnorm=batchnorm)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-printable-character table: entry b is the symbol of byte b."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    extra = iter(range(256, 512))
+    return [chr(b if b in printable else next(extra)) for b in range(256)]
+
+
+def tiny_hf_folder(folder, *, n_embd: int = 8, n_layer: int = 1, n_head: int = 2, seed: int = 0):
+    """Save a tiny random GPT-2 and a byte-level tokenizer in ``folder`` (``save_pretrained``).
+
+    The tokenizer has no merges: token id = UTF-8 byte value (vocabulary 256), so
+    token counts are byte counts. The model has context 16 and weights drawn from
+    ``seed`` without touching the global RNG. Built locally (needs ``transformers``,
+    the ``hf`` extra); nothing is downloaded. For examples and tests of
+    :mod:`hessnorm.hf`.
+
+    Returns:
+        ``folder`` as a :class:`pathlib.Path`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))[:3]
+        ['config.json', 'generation_config.json', 'model.safetensors']
+        >>> from hessnorm.hf import load_tokenizer
+        >>> load_tokenizer(folder)("hi!", add_special_tokens=False)["input_ids"] == list(b"hi!")
+        True
+    """
+    from pathlib import Path
+
+    from hessnorm.hf import _transformers
+
+    tf = _transformers()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder = Path(folder)
+    vocab = {sym: b for b, sym in enumerate(_byte_symbols())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    config = tf.GPT2Config(
+        vocab_size=256,
+        n_positions=16,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tf.GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    return folder
