@@ -38,7 +38,13 @@ __all__ = [
 
 
 class MLP(nn.Module):
-    """A tanh multilayer perceptron (smooth, so finite differences behave)."""
+    """A tanh multilayer perceptron (smooth, so finite differences behave).
+
+    Example:
+        >>> model = MLP((64, 12, 10))  # inputs are flattened: 8×8 images work too
+        >>> model(torch.zeros(3, 8, 8)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([3, 10]), 910)
+    """
 
     def __init__(self, sizes=(64, 16, 10), activation=nn.Tanh):
         super().__init__()
@@ -54,7 +60,12 @@ class MLP(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear."""
+    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear.
+
+    Example:
+        >>> ConvBN(channels=3)(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(self, channels=4, classes=10, track_running_stats=True):
         super().__init__()
@@ -106,6 +117,11 @@ class TinyTransformer(nn.Module):
 
     ``attention="sdpa"`` uses ``F.scaled_dot_product_attention`` (as nanoGPT does);
     ``attention="mha"`` uses ``nn.MultiheadAttention``. Returns logits (B, T, V).
+
+    Example:
+        >>> model = TinyTransformer(vocab=16, block=8)
+        >>> model(torch.zeros(2, 8, dtype=torch.long)).shape, model.head.weight is model.wte.weight
+        (torch.Size([2, 8, 16]), True)
     """
 
     def __init__(self, vocab=16, dim=16, heads=2, layers=1, block=8, attention="sdpa"):
@@ -131,6 +147,13 @@ def digits(n: int = 128, seed: int = 0, image: bool = False):
     """``n`` examples of scikit-learn's bundled 8x8 digits, scaled to [0, 1].
 
     A fixed random subset (by ``seed``); no download is involved.
+
+    Example:
+        >>> x, y = digits(5, seed=0)
+        >>> x.shape, y.tolist(), 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+        (torch.Size([5, 64]), [6, 5, 5, 7, 9], True)
+        >>> digits(2, image=True)[0].shape
+        torch.Size([2, 1, 8, 8])
     """
     from sklearn.datasets import load_digits
 
@@ -144,7 +167,13 @@ def digits(n: int = 128, seed: int = 0, image: bool = False):
 
 def char_tokens(n_seq: int = 32, block: int = 8, vocab: int = 16, seed: int = 0):
     """Token sequences from real text: characters of this module's own docstrings,
-    mapped to ``vocab`` ids by byte value modulo ``vocab``; targets are the next token."""
+    mapped to ``vocab`` ids by byte value modulo ``vocab``; targets are the next token.
+
+    Example:
+        >>> x, y = char_tokens(4, block=6, vocab=16)
+        >>> x.shape, torch.equal(x[:, 1:], y[:, :-1]), int(x.max()) < 16
+        (torch.Size([4, 6]), True, True)
+    """
     text = (__doc__ + MLP.__doc__ + ConvBN.__doc__ + TinyTransformer.__doc__).encode()
     data = torch.tensor(list(text), dtype=torch.long) % vocab
     g = torch.Generator().manual_seed(seed)
@@ -169,6 +198,11 @@ def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None)
     training-mode passes so ``batchnorm="frozen"`` has real statistics),
     ``transformer`` (SDPA attention), ``transformer_mha`` (``nn.MultiheadAttention``).
     ``split`` optionally lists batch sizes that partition the examples.
+
+    Example:
+        >>> model, loss_fn, batches = problem_parts("mlp", split=[40, 24])
+        >>> [len(y) for _, y in batches], loss_fn.__name__, type(model).__name__
+        ([40, 24], 'cross_entropy', 'MLP')
     """
     g = torch.Generator().manual_seed(seed)
     if name == "mlp":
@@ -220,7 +254,13 @@ PROBLEMS = ("mlp", "conv_bn", "transformer", "transformer_mha")
 
 
 def make_problem(name: str, *, dtype=torch.float64, seed: int = 0, batchnorm: str = "batch", **kw):
-    """A :class:`~hessnorm.operator.HessianOperator` for a named test problem."""
+    """A :class:`~hessnorm.operator.HessianOperator` for a named test problem.
+
+    Example:
+        >>> op = make_problem("mlp")  # MLP 64-12-10 on 64 digits
+        >>> op.d, op.dtype
+        (910, torch.float64)
+    """
     from hessnorm.operator import HessianOperator
 
     model, loss, batches = problem_parts(name, seed=seed, **kw)
