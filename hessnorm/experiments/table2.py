@@ -436,8 +436,9 @@ def run(
             scale), e.g. ``["S-500"]`` to build the report incrementally.
 
     Example:
-        Even ``quick`` trains a dozen GPTs (tests/test_experiments_tables.py runs it);
-        here the cheapest call, which stops at the configuration check:
+        Even ``quick`` trains 9 tiny GPTs and estimates their norms (about 12 s on one
+        core; tests/test_experiments_tables.py runs it); here the cheapest call, which
+        stops at the configuration check:
 
         >>> import tempfile
         >>> run(Path(tempfile.mkdtemp()), quick=True, only=["S-500"])
