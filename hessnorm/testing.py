@@ -165,16 +165,38 @@ def digits(n: int = 128, seed: int = 0, image: bool = False):
     return (x.view(-1, 1, 8, 8) if image else x), t
 
 
+# The text of char_tokens: this module's docstring and those of MLP, ConvBN and
+# TinyTransformer as they read when the reference problems were fixed. Frozen here so
+# that editing a docstring never changes the test problems (and their numbers).
+_CHAR_TEXT = (
+    "Reference problems for tests and benchmarks: small real models with fixed data.\n\n"
+    "Each problem is small enough for the exact dense Hessian (d of a few hundred to a\n"
+    "few thousand) yet uses the layers that matter in practice: cross-entropy on an\n"
+    "MLP, convolutions with BatchNorm, and a causal transformer with embeddings,\n"
+    "LayerNorm, attention and tied input/output weights.\n\n"
+    "``make_problem(name)`` returns a ready :class:`~hessnorm.operator.HessianOperator`;\n"
+    "``problem_parts(name)`` returns ``(model, loss_fn, batches)`` for callers that\n"
+    "build their own.\n"
+    "A tanh multilayer perceptron (smooth, so finite differences behave)."
+    "conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear."
+    "A causal language model with tied embedding / output weights.\n\n"
+    '    ``attention="sdpa"`` uses ``F.scaled_dot_product_attention`` (as nanoGPT does);\n'
+    '    ``attention="mha"`` uses ``nn.MultiheadAttention``. Returns logits (B, T, V).\n'
+    "    "
+)
+
+
 def char_tokens(n_seq: int = 32, block: int = 8, vocab: int = 16, seed: int = 0):
-    """Token sequences from real text: characters of this module's own docstrings,
-    mapped to ``vocab`` ids by byte value modulo ``vocab``; targets are the next token.
+    """Token sequences from real text: characters of this module's own docstrings (as
+    they read when the problems were fixed), mapped to ``vocab`` ids by byte value
+    modulo ``vocab``; targets are the next token.
 
     Example:
         >>> x, y = char_tokens(4, block=6, vocab=16)
         >>> x.shape, torch.equal(x[:, 1:], y[:, :-1]), int(x.max()) < 16
         (torch.Size([4, 6]), True, True)
     """
-    text = (__doc__ + MLP.__doc__ + ConvBN.__doc__ + TinyTransformer.__doc__).encode()
+    text = _CHAR_TEXT.encode()
     data = torch.tensor(list(text), dtype=torch.long) % vocab
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(data) - block - 1, (n_seq,), generator=g)
