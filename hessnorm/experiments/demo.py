@@ -40,9 +40,9 @@ def build(hidden: int = 16, steps: int = 300, seed: int = 0):
     """Train the demo MLP and return a float64 HessianOperator at its final point.
 
     Example:
-        >>> op = build(hidden=4, steps=5)
-        >>> op.d, op.dtype  # 64·4 + 4 + 4·10 + 10 parameters
-        (310, torch.float64)
+        >>> op = build(hidden=1, steps=1)
+        >>> op.d, op.dtype  # 64·1 + 1 + 1·10 + 10 parameters
+        (85, torch.float64)
     """
     from hessnorm.operator import HessianOperator
     from hessnorm.testing import MLP, digits, init_params
@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
         >>> import contextlib, io
         >>> p = argparse.ArgumentParser()
         >>> configure_parser(p)
-        >>> args = p.parse_args(["--hidden", "2", "--steps", "5", "--n-cauchy", "10", "--quiet"])
+        >>> args = p.parse_args(["--hidden", "1", "--steps", "1", "--n-cauchy", "10", "--quiet"])
         >>> with contextlib.redirect_stdout(io.StringIO()) as log:
         ...     code = run(args)
         >>> lines = log.getvalue().splitlines()
         >>> code, lines[0]
-        (0, 'model: tanh MLP 64-2-10 trained 5 Adam steps on sklearn digits')
+        (0, 'model: tanh MLP 64-1-10 trained 1 Adam steps on sklearn digits')
         >>> lines[5].startswith("spectral norm"), lines[5].split()[-2]  # rel. error to exact
         (True, '0.00%')
     """
