@@ -278,11 +278,11 @@ def table1_rows(
         >>> import hessnorm.experiments.table1 as t1
         >>> small = lambda t, seed=0: torch.diag(quadratic_sigma(20))
         >>> with mock.patch.object(t1, "PAPER_T", (0.0,)), mock.patch.object(t1, "table1_hessian", small):
-        ...     rows = table1_rows(n=50, search_n=True)
+        ...     rows = table1_rows(n=50, target=0.1)  # n for a ±10% interval
         >>> r = rows[0]
         >>> round(r["exact_l11_per_d"], 4), r["spectral_norm"], r["covers_exact"], r["n_for_5pct"]
-        (0.5775, 1.0, True, 400)
-        >>> r["rel_half_width"] > 0.05 >= r["rel_half_width_at_n"]  # 50, 100, 200: too wide
+        (0.5775, 1.0, True, 100)
+        >>> r["rel_half_width"] > 0.1 >= r["rel_half_width_at_n"]  # n = 50 is too wide
         True
     """
     rows = []
