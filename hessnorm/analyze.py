@@ -677,6 +677,15 @@ def _with_spectra_sidecar(df, path: Path):
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``analyze`` options to ``p`` (``hessnorm analyze --help`` lists them).
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> args = p.parse_args(["runs/adam", "--estimators", "spectral,l11", "--seed", "3"])
+        >>> args.checkpoints, args.estimators, args.seed, args.n_cauchy
+        (['runs/adam'], 'spectral,l11', 3, 50)
+    """
     p.description = __doc__.split("Python::")[0].strip()
     p.epilog = _EPILOG
     p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
@@ -776,6 +785,27 @@ _EPILOG = (
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``hessnorm analyze`` with parsed ``args``: print the table, write ``--out``.
+
+    Under ``torchrun`` it sets up (and tears down) the process group; every rank
+    computes, rank 0 prints and writes. Returns the exit code.
+
+    Example:
+        >>> import contextlib, io, pathlib, tempfile
+        >>> import pandas as pd
+        >>> from hessnorm.train.loop import TrainConfig, train
+        >>> out = pathlib.Path(tempfile.mkdtemp())
+        >>> ckpt = train(TrainConfig(task="quadratic", steps=1, out=str(out), device="cpu",
+        ...                          progress=False, task_options={"d": 20}))["checkpoint"]
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> args = p.parse_args([ckpt, "--estimators", "spectral", "--quiet",
+        ...                      "--out", str(out / "norms.csv")])
+        >>> with contextlib.redirect_stdout(io.StringIO()) as log:
+        ...     code = run(args)
+        >>> code, pd.read_csv(out / "norms.csv")["estimator"].tolist()
+        (0, ['spectral'])
+    """
     from hessnorm import distributed
 
     created = distributed.init_from_env(args.device, args.dist_timeout)

@@ -537,6 +537,16 @@ def check_best_val_loss(model: nn.Module, batches, meta: Mapping) -> str | None:
     Returns:
         A warning, or None (also when the checkpoint has no ``best_val_loss`` or the
         data is not its val split).
+
+    Example:
+        >>> import math
+        >>> model = nn.Embedding(5, 5)  # token -> logits; zero weights: loss log(5)
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> batches = [(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))]
+        >>> print(check_best_val_loss(model, batches, {"best_val_loss": math.log(5), "split": "val"}))
+        None
+        >>> check_best_val_loss(model, batches, {"best_val_loss": 3.0, "split": "val"})[:64]
+        'warning: the loss recomputed on the evaluation windows (1.6094) '
     """
     best = meta.get("best_val_loss")
     if best is None or meta.get("split") != "val" or not math.isfinite(best):

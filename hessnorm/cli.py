@@ -26,6 +26,15 @@ COMMANDS = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The ``hessnorm`` parser; only the sub-command named in ``argv`` gets its options.
+
+    The other sub-commands' modules are not imported, which keeps ``--help`` fast.
+
+    Example:
+        >>> args = build_parser(["train"]).parse_args(["train", "--out", "r", "--steps", "3"])
+        >>> args.command, args.steps, args.out
+        ('train', 3, 'r')
+    """
     parser = argparse.ArgumentParser(
         prog="hessnorm", description="Hessian geometry of neural-network losses, with error bars."
     )
@@ -42,6 +51,27 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hessnorm COMMAND ...`` (``argv`` defaults to ``sys.argv[1:]``); the exit code.
+
+    0 on success, 1 on a :class:`~hessnorm.errors.HessnormError` (printed without a
+    traceback), 2 when no command is given (the help is printed), 130 on Ctrl-C.
+
+    Example:
+        >>> import contextlib, io, pathlib, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> with contextlib.redirect_stdout(io.StringIO()) as log:
+        ...     code = main(["train", "--task", "quadratic", "--task-options", '{"d": 20}',
+        ...                  "--steps", "2", "--out", out, "--device", "cpu", "--quiet"])
+        >>> code, sorted(p.name for p in pathlib.Path(out).iterdir())
+        (0, ['ckpt_000002.pt', 'config.json', 'metrics.csv'])
+        >>> log.getvalue().startswith("done: step 2")
+        True
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+        ...     main(["train", "--task", "quadratic", "--steps", "0", "--out", out])
+        1
+        >>> print(err.getvalue().strip())
+        hessnorm train: error: steps must be >= 1, got 0.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

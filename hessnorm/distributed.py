@@ -178,6 +178,20 @@ class DataParallel:
 
     Built once by :meth:`HessianOperator.from_module`; :meth:`reduce` runs a local
     computation and all-reduces it, raising on every rank if any rank failed.
+
+    Example:
+        A one-process gloo group (torchrun starts one process per rank):
+
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> try:
+        ...     dp = DataParallel(dist.group.WORLD)
+        ...     dp.setup(5, [torch.ones(3)], d=3)
+        ...     summed = dp.reduce("an HVP", lambda: torch.ones(2))
+        ... finally:
+        ...     dist.destroy_process_group()
+        >>> dp.rank, dp.world, dp.counts, summed.tolist()
+        (0, 1, [5], [1.0, 1.0])
     """
 
     def __init__(self, group: Any) -> None:

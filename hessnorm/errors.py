@@ -2,7 +2,18 @@
 
 Every error names the problem and, where there is one, the fix. They all derive
 from :class:`HessnormError`, so ``except hessnorm.errors.HessnormError`` catches
-anything the library raises on purpose.
+anything the library raises on purpose. Each also derives from the matching builtin
+(``ValueError``, ``MemoryError``, ...), so callers that catch those keep working.
+
+Example:
+    >>> from hessnorm.errors import ConfigError, HessnormError
+    >>> from hessnorm.optim.factory import make_optimizer
+    >>> import torch
+    >>> try:
+    ...     make_optimizer("lion", [("w", torch.zeros(2, requires_grad=True))], lr=0.1)
+    ... except HessnormError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, ValueError), str(exc)[:28])
+    ConfigError True unknown optimizer 'lion'; ch
 """
 
 from __future__ import annotations

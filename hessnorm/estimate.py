@@ -25,6 +25,13 @@ class Estimate:
         seconds: wall-clock time spent.
         d: dimension of the parameter vector.
         details: estimator-specific extras (per-tensor breakdown, history, ...).
+
+    Example:
+        >>> e = Estimate("spectral_norm", 3.0, 2.5, 3.5, 0.95, n_hvp=10, seconds=0.0, d=4)
+        >>> e.value_per_dim, e.half_width, e.covers(3.2), e.covers(4.0)
+        (0.75, 0.5, True, False)
+        >>> print(e)
+        spectral_norm = 3  [2.5, 3.5, 95%]  (d=4, 10 HVPs, 0.00s)
     """
 
     name: str
@@ -78,6 +85,12 @@ def to_frame(estimates: Iterable[Estimate | Mapping[str, Any]], **extra_columns:
     """Turn Estimates (or their dicts) into a :class:`pandas.DataFrame`, one row each.
 
     ``details`` are left out; keyword arguments become constant extra columns.
+
+    Example:
+        >>> e = Estimate("l11_norm", 6.0, 5.0, 7.0, 0.9, n_hvp=20, seconds=0.1, d=3)
+        >>> df = to_frame([e, {"name": "trace", "value": 1.0}], step=5)
+        >>> df.shape, df["value_per_dim"].tolist()[0], df["step"].tolist()
+        ((2, 10), 2.0, [5, 5])
     """
     import pandas as pd
 

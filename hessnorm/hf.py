@@ -237,6 +237,16 @@ def load_causal_lm(
         CheckpointError: not a folder, no weights, unknown architecture or a
             non-causal-LM head, missing weights, unsafe ``.bin``.
         ConfigError: an unsupported attention implementation.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> model, info = load_causal_lm(folder, dtype=torch.float64)
+        >>> info["architecture"], info["n_params"], info["dtype"], model.training
+        ('GPT2LMHeadModel', 3064, 'float64', False)
+        >>> [note[:34] for note in info["notes"]]  # GPT-2 configs set dropout; eval mode drops it
+        ['config.json sets dropout (attn_pdr', 'weights stored in float32 are eval']
     """
     tf = _transformers()
     path = _folder(model_dir)
@@ -328,6 +338,14 @@ def load_tokenizer(model_dir: str | os.PathLike):
 
     Raises:
         MissingDependencyError, CheckpointError (no tokenizer files, or unreadable).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> tok = load_tokenizer(folder)  # byte-level, no merges: ids are the UTF-8 bytes
+        >>> tok("héllo", add_special_tokens=False)["input_ids"] == list("héllo".encode())
+        True
     """
     tf = _transformers()
     path = Path(model_dir)
@@ -387,6 +405,18 @@ def text_windows(
     Raises:
         CheckpointError: no tokenizer. ConfigError: unreadable text, or fewer than
         ``n (block_size + 1)`` tokens (the message says how many there are).
+
+    Example:
+        26 one-byte tokens, 2 windows of 4 + 1 tokens starting at 0 and 26 − 5 = 21:
+
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> text = folder.parent / "val.txt"
+        >>> _ = text.write_text("abcdefghijklmnopqrstuvwxyz", encoding="utf-8")
+        >>> x, y, n_tokens = text_windows(folder, text, n=2, block_size=4)
+        >>> n_tokens, [bytes(r) for r in x.tolist()], bytes(y[1].tolist())
+        (26, [b'abcd', b'vwxy'], b'wxyz')
     """
     _check_window_args(n, block_size)
     tok = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
@@ -468,6 +498,17 @@ class LogitsOnly(nn.Module):
 
     Args:
         model: a transformers causal LM.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> model, _ = load_causal_lm(folder)
+        >>> wrapped = LogitsOnly(model)
+        >>> wrapped(torch.zeros(2, 5, dtype=torch.long)).shape  # (B, T, vocabulary)
+        torch.Size([2, 5, 256])
+        >>> [n for n, _ in wrapped.named_parameters()] == [n for n, _ in model.named_parameters()]
+        True
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -514,6 +555,16 @@ def causal_lm_batches(
 
     Returns:
         ``(model, batches, info)``; ``info`` as :func:`hf_operator` describes it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> text = folder.parent / "val.txt"
+        >>> _ = text.write_text("abcdefghijklmnopqrstuvwxyz", encoding="utf-8")
+        >>> model, batches, info = causal_lm_batches(folder, text, n=3, block_size=4, batch_size=2)
+        >>> [tuple(x.shape) for x, _ in batches], info["n_tokens_text"], info["block_size"]
+        ([(2, 4), (1, 4)], 26, 4)
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -589,6 +640,23 @@ def hf_operator(
         ``(op, info)``; ``info`` has the keys of :func:`load_causal_lm`'s info plus
         ``text``, ``n_windows``, ``block_size``, ``n_tokens_text``, ``window_rule``
         and ``data`` (one line naming the evaluation set).
+
+    Example:
+        The operator's loss is :func:`causal_lm_loss` on the windows:
+
+        >>> import tempfile, pathlib
+        >>> from hessnorm.testing import tiny_hf_folder
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> text = folder.parent / "val.txt"
+        >>> _ = text.write_text("abcdefghijklmnopqrstuvwxyz", encoding="utf-8")
+        >>> op, info = hf_operator(folder, text, n=2, block_size=4, dtype=torch.float64)
+        >>> op.d, info["data"].endswith("2 windows x 4 tokens (8 predicted tokens)")
+        (3064, True)
+        >>> model, [(x, y)], _ = causal_lm_batches(folder, text, n=2, block_size=4, dtype=torch.float64)
+        >>> with torch.no_grad():
+        ...     ref = causal_lm_loss(model(x), y)
+        >>> abs(float(op.loss()) - float(ref)) < 1e-12
+        True
     """
     model, batches, info = causal_lm_batches(
         model_dir,

@@ -41,6 +41,15 @@ class L0L1Fit:
         n_points: number of points used.
         n_loglog: number of points with ``g_k > 0`` used for ``loglog_c``.
         max_violation: ``max_k (s_k − L0 − L1 g_k)``, ≤ 0 up to LP tolerance.
+
+    Example:
+        Points on the line s = 1 + g are fitted exactly:
+
+        >>> fit = fit_l0l1([0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
+        >>> round(fit.L0, 9), round(fit.L1, 9), fit.n_points, fit.n_loglog, round(fit.loglog_L1, 9)
+        (1.0, 1.0, 3, 2, 2.0)
+        >>> [round(b, 9) for b in fit.bound([0.0, 4.0]).tolist()]
+        [1.0, 5.0]
     """
 
     L0: float

@@ -1012,6 +1012,15 @@ class RotatedOperator(_Base):
 
     A composition, not a new code path: every HVP is one HVP of the base operator
     between two applications of the orthogonal map (paper 000, Sec. 4 and App. D.2).
+
+    Example:
+        >>> from hessnorm.rotation import ExpSkew
+        >>> H = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> R = ExpSkew(3, 0.5, seed=0)
+        >>> op = RotatedOperator(DenseOperator(H), R)
+        >>> M = R.matrix()
+        >>> torch.allclose(op.dense(), M.T @ H @ M), op.matvec_count  # 3 HVPs of the base
+        (True, 3)
     """
 
     def __init__(self, base, rotation) -> None:
@@ -1056,6 +1065,12 @@ class DenseOperator(_Base):
 
     ``loss(x) = x^T H x / 2`` and ``gradient(x) = H x``, so it is the operator of a
     quadratic centred at 0; its point is the origin.
+
+    Example:
+        >>> op = DenseOperator(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+        >>> x = torch.ones(3, dtype=torch.float64)
+        >>> op.hvp(x).tolist(), op.loss(x), op.gradient(x).tolist(), op.matvec_count
+        ([1.0, 2.0, 3.0], 3.0, [1.0, 2.0, 3.0], 1)
     """
 
     def __init__(self, H: Tensor) -> None:

@@ -96,6 +96,16 @@ class EstimatorSpec:
             section of the report).
         ratio: the value is a dimensionless ratio (a share, a JS distance): its "per
             dimension" value is the value itself, not value / d.
+
+    Example:
+        >>> spec = ESTIMATORS["l11"]
+        >>> spec.name, spec.bound, spec.family, spec.rotated
+        ('l11', '‖H‖₁,₁', 'smoothness', False)
+        >>> import torch
+        >>> est = spec.run(torch.eye(4, dtype=torch.float64), n_cauchy=20, seed=0, tol=1e-4,
+        ...                progress=False)
+        >>> est.name, est.covers(4.0)  # ‖I₄‖₁,₁ = 4
+        ('l11_norm', True)
     """
 
     name: str

@@ -49,6 +49,11 @@ def haar_orthogonal(n: int, generator: torch.Generator) -> Tensor:
 
     QR of a standard Gaussian matrix with the signs of R's diagonal moved into Q
     (Mezzadri 2007), which makes the distribution exactly Haar.
+
+    Example:
+        >>> Q = haar_orthogonal(4, torch.Generator().manual_seed(0))
+        >>> Q.dtype, torch.allclose(Q.T @ Q, torch.eye(4, dtype=torch.float64))
+        (torch.float64, True)
     """
     G = torch.randn(n, n, generator=generator, dtype=torch.float64)
     Q, R = torch.linalg.qr(G)
@@ -118,7 +123,13 @@ class _Rotation:
 
 
 class Identity(_Rotation):
-    """R = I on R^d."""
+    """R = I on R^d.
+
+    Example:
+        >>> R = Identity(3)
+        >>> R.apply(torch.tensor([1.0, 2.0, 3.0])).tolist(), R.spec
+        ([1.0, 2.0, 3.0], {'kind': 'Identity', 'd': 3})
+    """
 
     def __init__(self, d: int) -> None:
         self.d = _check_d(d)
@@ -303,7 +314,13 @@ class ExpSkew(_Rotation):
 
 
 def from_spec(spec: Mapping) -> _Rotation:
-    """Rebuild a rotation from its ``spec`` (same d, parameters and seed: same matrix)."""
+    """Rebuild a rotation from its ``spec`` (same d, parameters and seed: same matrix).
+
+    Example:
+        >>> R = RandPerm(6, depth=2, seed=1)
+        >>> R.spec, torch.equal(from_spec(R.spec).matrix(), R.matrix())
+        ({'kind': 'RandPerm', 'd': 6, 'depth': 2, 'seed': 1}, True)
+    """
     kind = spec.get("kind")
     if kind == "Identity":
         return Identity(spec["d"])

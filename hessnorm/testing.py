@@ -7,7 +7,8 @@ LayerNorm, attention and tied input/output weights.
 
 ``make_problem(name)`` returns a ready :class:`~hessnorm.operator.HessianOperator`;
 ``problem_parts(name)`` returns ``(model, loss_fn, batches)`` for callers that
-build their own.
+build their own. :func:`tiny_hf_folder` writes a tiny Hugging Face causal LM folder
+for the examples of :mod:`hessnorm.hf` (built locally, nothing downloaded).
 """
 
 from __future__ import annotations
@@ -32,11 +33,18 @@ __all__ = [
     "char_tokens",
     "init_params",
     "lm_loss",
+    "tiny_hf_folder",
 ]
 
 
 class MLP(nn.Module):
-    """A tanh multilayer perceptron (smooth, so finite differences behave)."""
+    """A tanh multilayer perceptron (smooth, so finite differences behave).
+
+    Example:
+        >>> model = MLP((64, 12, 10))  # inputs are flattened: 8×8 images work too
+        >>> model(torch.zeros(3, 8, 8)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([3, 10]), 910)
+    """
 
     def __init__(self, sizes=(64, 16, 10), activation=nn.Tanh):
         super().__init__()
@@ -52,7 +60,12 @@ class MLP(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear."""
+    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear.
+
+    Example:
+        >>> ConvBN(channels=3)(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(self, channels=4, classes=10, track_running_stats=True):
         super().__init__()
@@ -104,6 +117,11 @@ class TinyTransformer(nn.Module):
 
     ``attention="sdpa"`` uses ``F.scaled_dot_product_attention`` (as nanoGPT does);
     ``attention="mha"`` uses ``nn.MultiheadAttention``. Returns logits (B, T, V).
+
+    Example:
+        >>> model = TinyTransformer(vocab=16, block=8)
+        >>> model(torch.zeros(2, 8, dtype=torch.long)).shape, model.head.weight is model.wte.weight
+        (torch.Size([2, 8, 16]), True)
     """
 
     def __init__(self, vocab=16, dim=16, heads=2, layers=1, block=8, attention="sdpa"):
@@ -129,6 +147,13 @@ def digits(n: int = 128, seed: int = 0, image: bool = False):
     """``n`` examples of scikit-learn's bundled 8x8 digits, scaled to [0, 1].
 
     A fixed random subset (by ``seed``); no download is involved.
+
+    Example:
+        >>> x, y = digits(5, seed=0)
+        >>> x.shape, y.tolist(), 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+        (torch.Size([5, 64]), [6, 5, 5, 7, 9], True)
+        >>> digits(2, image=True)[0].shape
+        torch.Size([2, 1, 8, 8])
     """
     from sklearn.datasets import load_digits
 
@@ -140,10 +165,38 @@ def digits(n: int = 128, seed: int = 0, image: bool = False):
     return (x.view(-1, 1, 8, 8) if image else x), t
 
 
+# The text of char_tokens: this module's docstring and those of MLP, ConvBN and
+# TinyTransformer as they read when the reference problems were fixed. Frozen here so
+# that editing a docstring never changes the test problems (and their numbers).
+_CHAR_TEXT = (
+    "Reference problems for tests and benchmarks: small real models with fixed data.\n\n"
+    "Each problem is small enough for the exact dense Hessian (d of a few hundred to a\n"
+    "few thousand) yet uses the layers that matter in practice: cross-entropy on an\n"
+    "MLP, convolutions with BatchNorm, and a causal transformer with embeddings,\n"
+    "LayerNorm, attention and tied input/output weights.\n\n"
+    "``make_problem(name)`` returns a ready :class:`~hessnorm.operator.HessianOperator`;\n"
+    "``problem_parts(name)`` returns ``(model, loss_fn, batches)`` for callers that\n"
+    "build their own.\n"
+    "A tanh multilayer perceptron (smooth, so finite differences behave)."
+    "conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> ReLU -> pool -> linear."
+    "A causal language model with tied embedding / output weights.\n\n"
+    '    ``attention="sdpa"`` uses ``F.scaled_dot_product_attention`` (as nanoGPT does);\n'
+    '    ``attention="mha"`` uses ``nn.MultiheadAttention``. Returns logits (B, T, V).\n'
+    "    "
+)
+
+
 def char_tokens(n_seq: int = 32, block: int = 8, vocab: int = 16, seed: int = 0):
-    """Token sequences from real text: characters of this module's own docstrings,
-    mapped to ``vocab`` ids by byte value modulo ``vocab``; targets are the next token."""
-    text = (__doc__ + MLP.__doc__ + ConvBN.__doc__ + TinyTransformer.__doc__).encode()
+    """Token sequences from real text: characters of this module's own docstrings (as
+    they read when the problems were fixed), mapped to ``vocab`` ids by byte value
+    modulo ``vocab``; targets are the next token.
+
+    Example:
+        >>> x, y = char_tokens(4, block=6, vocab=16)
+        >>> x.shape, torch.equal(x[:, 1:], y[:, :-1]), int(x.max()) < 16
+        (torch.Size([4, 6]), True, True)
+    """
+    text = _CHAR_TEXT.encode()
     data = torch.tensor(list(text), dtype=torch.long) % vocab
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(data) - block - 1, (n_seq,), generator=g)
@@ -167,6 +220,11 @@ def problem_parts(name: str, *, seed: int = 0, n: int | None = None, split=None)
     training-mode passes so ``batchnorm="frozen"`` has real statistics),
     ``transformer`` (SDPA attention), ``transformer_mha`` (``nn.MultiheadAttention``).
     ``split`` optionally lists batch sizes that partition the examples.
+
+    Example:
+        >>> model, loss_fn, batches = problem_parts("mlp", split=[40, 24])
+        >>> [len(y) for _, y in batches], loss_fn.__name__, type(model).__name__
+        ([40, 24], 'cross_entropy', 'MLP')
     """
     g = torch.Generator().manual_seed(seed)
     if name == "mlp":
@@ -218,8 +276,72 @@ PROBLEMS = ("mlp", "conv_bn", "transformer", "transformer_mha")
 
 
 def make_problem(name: str, *, dtype=torch.float64, seed: int = 0, batchnorm: str = "batch", **kw):
-    """A :class:`~hessnorm.operator.HessianOperator` for a named test problem."""
+    """A :class:`~hessnorm.operator.HessianOperator` for a named test problem.
+
+    Example:
+        >>> op = make_problem("mlp")  # MLP 64-12-10 on 64 digits
+        >>> op.d, op.dtype
+        (910, torch.float64)
+    """
     from hessnorm.operator import HessianOperator
 
     model, loss, batches = problem_parts(name, seed=seed, **kw)
     return HessianOperator.from_module(model, loss, batches, dtype=dtype, batchnorm=batchnorm)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-printable-character table: entry b is the symbol of byte b."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    extra = iter(range(256, 512))
+    return [chr(b if b in printable else next(extra)) for b in range(256)]
+
+
+def tiny_hf_folder(folder, *, n_embd: int = 8, n_layer: int = 1, n_head: int = 2, seed: int = 0):
+    """Save a tiny random GPT-2 and a byte-level tokenizer in ``folder`` (``save_pretrained``).
+
+    The tokenizer has no merges: token id = UTF-8 byte value (vocabulary 256), so
+    token counts are byte counts. The model has context 16 and weights drawn from
+    ``seed`` without touching the global RNG. Built locally (needs ``transformers``,
+    the ``hf`` extra); nothing is downloaded. For examples and tests of
+    :mod:`hessnorm.hf`.
+
+    Returns:
+        ``folder`` as a :class:`pathlib.Path`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = tiny_hf_folder(pathlib.Path(tempfile.mkdtemp()) / "gpt2")
+        >>> sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))[:3]
+        ['config.json', 'generation_config.json', 'model.safetensors']
+        >>> from hessnorm.hf import load_tokenizer
+        >>> load_tokenizer(folder)("hi!", add_special_tokens=False)["input_ids"] == list(b"hi!")
+        True
+    """
+    from pathlib import Path
+
+    from hessnorm.hf import _transformers
+
+    tf = _transformers()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder = Path(folder)
+    vocab = {sym: b for b, sym in enumerate(_byte_symbols())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    config = tf.GPT2Config(
+        vocab_size=256,
+        n_positions=16,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tf.GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    return folder

@@ -54,7 +54,14 @@ __all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "Krylo
 
 
 def start_radius(n: int, delta: float) -> float:
-    """t with P(|⟨v, u⟩| < t) ≤ δ for v uniform on the unit sphere of R^n (step 1)."""
+    """t with P(|⟨v, u⟩| < t) ≤ δ for v uniform on the unit sphere of R^n (step 1).
+
+    t = min(1, δ/√(2n/π)); no HVP.
+
+    Example:
+        >>> start_radius(1, 0.05), round(start_radius(100, 0.05), 6)
+        (1.0, 0.006267)
+    """
     if n <= 1:
         return 1.0
     return min(1.0, delta / math.sqrt(2.0 * n / math.pi))
@@ -67,12 +74,22 @@ def rounding_slack(n: int, eps: float) -> float:
     summation and independent rounding errors the relative error is O(√n·eps) with
     high probability (Higham & Mary 2019, probabilistic rounding error analysis).
     The floor of 10·eps also covers treating β ≤ 10·eps·‖T‖ as a breakdown.
+
+    Example:
+        >>> rounding_slack(100, 1e-16), rounding_slack(10_000, 1e-16)
+        (1e-15, 1e-14)
     """
     return eps * max(10.0, math.sqrt(n))
 
 
 def tridiag_eig(alpha: np.ndarray, beta: np.ndarray):
-    """Ritz values θ (ascending) and eigenvectors S of T (alpha diag, beta[:-1] off)."""
+    """Ritz values θ (ascending) and eigenvectors S of T (alpha diag, beta[:-1] off).
+
+    Example:
+        >>> theta, S = tridiag_eig(np.array([2.0, 2.0]), np.array([1.0, 0.0]))
+        >>> theta.tolist(), np.abs(S).round(4).tolist()
+        ([1.0, 3.0], [[0.7071, 0.7071], [0.7071, 0.7071]])
+    """
     m = len(alpha)
     if m == 1:
         return alpha.astype(np.float64).copy(), np.ones((1, 1))
@@ -86,6 +103,11 @@ def norm_lower(alpha: np.ndarray, beta: np.ndarray) -> float:
     the banded form (LAPACK ``dsbevx``), O(m²) instead of a dense O(m³) solve.
 
     Example:
+        >>> alpha = np.array([2.0, 2.0])  # T = [[2, 1], [1, 2]], eigenvalues 1 and 3
+        >>> round(norm_lower(alpha, np.array([1.0, 0.0])), 12)  # breakdown: ρ = max|θ|
+        3.0
+        >>> round(norm_lower(alpha, np.array([1.0, 1.0])), 6)  # √((11 + √65)/2)
+        3.087253
         >>> round(norm_lower(np.array([3.0]), np.array([4.0])), 12)
         5.0
     """
@@ -119,13 +141,12 @@ class KrylovBound:
             where the search starts; default max|θ| (one eigenvalue solve).
 
     Example:
-        >>> a, b = np.array([1.0, 0.0]), np.array([1.0, 0.5])  # T = [[1, 1], [1, 0]]
-        >>> bound = KrylovBound(a, b, t=0.1, breakdown=False)
-        >>> theta = np.linalg.eigvalsh(np.array([[1.0, 1.0], [1.0, 0.0]]))
-        >>> bound.top == abs(theta).max() and bound.high() > bound.top
-        True
-        >>> bound.exceeds(bound.high()), bound.exceeds(0.999 * bound.high())
-        (True, False)
+        >>> alpha = np.array([2.0, 2.0])  # T = [[2, 1], [1, 2]], eigenvalues 1 and 3
+        >>> KrylovBound(alpha, np.array([1.0, 0.0]), start_radius(2, 0.05), True).high()
+        3.0
+        >>> b = KrylovBound(alpha, np.array([1.0, 1.0]), start_radius(1000, 0.05), False)
+        >>> round(b.top, 12), round(b.high(), 4), b.exceeds(3.0), b.exceeds(1000.0)  # loose
+        (3.0, 506.6255, False, True)
     """
 
     def __init__(self, alpha, beta, t: float, breakdown: bool, floor: float | None = None):

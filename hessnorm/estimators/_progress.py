@@ -29,7 +29,16 @@ _clock = time.perf_counter  # module attribute so tests can substitute a fake cl
 
 
 class SlowRunWarning(UserWarning):
-    """An estimator projects a run longer than :data:`WARN_SECONDS`."""
+    """An estimator projects a run longer than :data:`WARN_SECONDS`.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("slow", SlowRunWarning)
+        >>> caught[0].category.__name__, issubclass(SlowRunWarning, UserWarning)
+        ('SlowRunWarning', True)
+    """
 
 
 def _fmt_seconds(s: float) -> str:
@@ -50,6 +59,12 @@ class ProgressBar:
         unit: what is counted (``"HVP"``, ``"grad"``).
         advice: how to make the run shorter, e.g. ``"fewer probes (n)"``.
         upper: whether ``total`` is only a cap (the run may stop early).
+
+    Example:
+        >>> bar = ProgressBar(10, "demo", enabled=False)
+        >>> bar.update(2); bar.update(3); bar.set_total(5); bar.close()
+        >>> bar.done, bar.total, bar.projected < WARN_SECONDS
+        (5, 5, True)
     """
 
     def __init__(

@@ -142,7 +142,15 @@ def cauchy_scale_bias(n: int, method: str = "median") -> float:
     ``median``: the sample median of |X| (mean of the two middle order statistics
     for even n). ``iqr``: (q₇₅ − q₂₅)/2 of the signed X with linear interpolation.
     Both equal a·c_n in expectation for Cauchy(0, a) data, so dividing by c_n
-    de-biases exactly. Example: c_50 ≈ 1.025 for the median.
+    de-biases exactly. c_n → 1 as n grows (the median of |X| is 1); no HVP.
+
+    Example:
+        >>> round(cauchy_scale_bias(50), 4), round(cauchy_scale_bias(50, "iqr"), 4)
+        (1.0257, 1.0131)
+        >>> cauchy_scale_bias(2)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: the median estimator needs n >= 3 probes (its mean is infinite below), got 2
     """
     if method == "median":
         if n < 3:

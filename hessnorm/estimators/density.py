@@ -67,6 +67,12 @@ class SpectralDensity:
         seconds: wall-clock time (shared by all blocks of a lockstep group).
         start: start-vector distribution (``"rademacher"`` or ``"gaussian"``).
         name: label (block name for block spectra).
+
+    Example:
+        >>> H = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+        >>> sd = spectral_density(H, n_probes=3, steps=4)
+        >>> sd.nodes.shape, sd.n_hvp, [round(x, 10) for x in sd.moments(1).tolist()]  # 1, tr H / d
+        (torch.Size([3, 4]), 12, [1.0, 2.5])
     """
 
     nodes: Tensor

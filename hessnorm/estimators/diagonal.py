@@ -68,6 +68,11 @@ class Diagonal:
         n_hvp: HVPs spent.
         seconds: wall-clock time.
         d: dimension.
+
+    Example:
+        >>> dg = diagonal(torch.tensor([[2.0, 1.0], [1.0, -3.0]], dtype=torch.float64))
+        >>> dg.values.tolist(), dg.exact, dg.n_hvp, dg.per_tensor["all"], dg.to_estimate().value
+        ([2.0, -3.0], True, 2, (-1.0, 0.0), -1.0)
     """
 
     values: Tensor

@@ -106,6 +106,11 @@ class LanczosState(NamedTuple):
         breakdown: True when β_m ≈ 0, i.e. the last Krylov space is invariant and the
             Ritz values are exact eigenvalues of H.
         restarts: new random start vectors drawn after breakdowns (``restart=True``).
+
+    Example:
+        >>> st = lanczos(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+        >>> st.n_hvp, st.breakdown, st.restarts, round(float(st.alpha.sum()), 12)  # tr T = tr H
+        (3, True, 0, 6.0)
     """
 
     alpha: Tensor
@@ -219,6 +224,16 @@ class LanczosBasis:
     s·d·itemsize to 2·s·d·itemsize bytes of reads per iteration (plus one row
     written); n iterations with s(j) spilled rows read at most
     Σ_j 2·s(j)·d·itemsize ≈ (n − r)²·d·itemsize in total with r rows in memory.
+
+    Example:
+        >>> basis = LanczosBasis(4, torch.float64, "cpu", budget=64, spill="disk")  # 2 rows in memory
+        >>> for i in range(3):
+        ...     basis.append(torch.eye(4, dtype=torch.float64)[i])
+        >>> len(basis), basis.spilled, basis.project_out(torch.ones(4, dtype=torch.float64)).tolist()
+        (3, 1, [0.0, 0.0, 0.0, 1.0])
+        >>> basis.dense().shape, basis.io_bytes  # the 32-byte spilled row: read twice, written once
+        (torch.Size([3, 4]), (64, 32))
+        >>> basis.close()
     """
 
     def __init__(self, d, dtype, device, budget, spill):
@@ -644,6 +659,12 @@ class Eigenpairs(NamedTuple):
         n_hvp: HVPs spent.
         converged: whether every residual reached ``tol · max|θ|``.
         restarts: random restarts after exhausted Krylov spaces (0 normally).
+
+    Example:
+        >>> pairs = top_eigenpairs(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)),
+        ...                        1, progress=False)
+        >>> round(pairs.values.item(), 12), pairs.vectors.shape, pairs.converged
+        (3.0, torch.Size([1, 3]), True)
     """
 
     values: Tensor

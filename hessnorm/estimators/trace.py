@@ -132,7 +132,12 @@ def exact_trace(
 
 
 def t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile (scipy), dof ≥ 1."""
+    """Student-t quantile (scipy), dof ≥ 1.
+
+    Example:
+        >>> round(t_quantile(0.975, 10), 4), t_quantile(0.5, 3)
+        (2.2281, 0.0)
+    """
     from scipy import stats
 
     return float(stats.t.ppf(p, dof))

@@ -66,6 +66,15 @@ def resolve(name: str):
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``reproduce`` options to ``p`` (the experiment names are listed in its help).
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> args = p.parse_args(["table2", "--quick", "--scale", "cpu"])
+        >>> args.name, args.quick, args.out, args.seed
+        ('table2', True, None, 0)
+    """
     lines = "\n".join(f"  {k:<11} {v[1]}" for k, v in EXPERIMENTS.items())
     p.description = "Reproduce a paper experiment into reports/NAME.\n\n" + lines
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -90,6 +99,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``hessnorm reproduce NAME`` with parsed ``args``; writes under ``--out``.
+
+    Example:
+        Even the ``--quick`` experiments take seconds (tests/test_cli.py runs them);
+        here the cheapest call, which stops at the option check:
+
+        >>> import tempfile
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> run(p.parse_args(["table1", "--out", tempfile.mkdtemp(), "--scale", "paper"]))
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --scale and --data-dir apply only to table2, resnet
+    """
     fn = resolve(args.name)
     out = args.out or pathlib.Path("reports") / args.name
     out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,13 @@ DIVERGED = "diverged.json"
 
 class RunResult(dict):
     """``status`` ("ok"/"diverged"), ``out``, ``checkpoint``, ``metrics`` (DataFrame),
-    ``final_train_loss``, ``final_eval_loss``, ``seconds`` (training time), ``cached``."""
+    ``final_train_loss``, ``final_eval_loss``, ``seconds`` (training time), ``cached``.
+
+    Example:
+        >>> r = RunResult(status="diverged", final_eval_loss=math.inf)
+        >>> r["status"], isinstance(r, dict), r["final_eval_loss"] > 1e300
+        ('diverged', True, True)
+    """
 
 
 def _final_ckpt(cfg: TrainConfig) -> Path:
@@ -53,6 +59,16 @@ def train_cached(cfg: TrainConfig) -> RunResult:
 
     A folder with earlier checkpoints only (an interrupted run) is resumed. The
     returned ``final_eval_loss`` of a diverged run is +inf, so it never wins a search.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = TrainConfig(task="quadratic", steps=2, out=tempfile.mkdtemp(), device="cpu",
+        ...                   progress=False, task_options={"d": 20})
+        >>> first, again = train_cached(cfg), train_cached(cfg)
+        >>> first["status"], first["cached"], again["cached"], Path(again["checkpoint"]).name
+        ('ok', False, True, 'ckpt_000002.pt')
+        >>> again["final_eval_loss"] == first["final_eval_loss"] == float(again["metrics"].eval_loss.iloc[-1])
+        True
     """
     import pandas as pd
 
@@ -149,7 +165,13 @@ def verdict(diff: float, se: float, k: float = 2.0) -> str:
 
 
 def machine_info() -> dict:
-    """CPU model, logical cores, load average, torch threads and versions (for reports)."""
+    """CPU model, logical cores, load average, torch threads and versions (for reports).
+
+    Example:
+        >>> info = machine_info()
+        >>> info["cores"] == os.cpu_count(), info["torch"] == torch.__version__
+        (True, True)
+    """
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -178,7 +200,13 @@ def machine_info() -> dict:
 
 
 def machine_line(info: dict) -> str:
-    """One markdown line describing the machine of :func:`machine_info`."""
+    """One markdown line describing the machine of :func:`machine_info`.
+
+    Example:
+        >>> machine_line({"cpu": "Xeon", "cores": 2, "load_avg_1_5_15": (1.0, 0.5, 0.25),
+        ...               "torch": "2.3.0", "torch_threads": 1})
+        'Xeon, 2 logical cores shared with other jobs (load average (1.0, 0.5, 0.25) when the report was written), torch 2.3.0 with 1 thread(s), no GPU'
+    """
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
     return (
         f"{info['cpu']}, {info['cores']} logical cores shared with other jobs (load average "
@@ -188,12 +216,24 @@ def machine_line(info: dict) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomically write ``text`` (UTF-8) to ``path``."""
+    """Atomically write ``text`` (UTF-8) to ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "note.md"
+        >>> write_text(path, "‖H‖₂ = 1"); path.read_text(encoding="utf-8")
+        '‖H‖₂ = 1'
+    """
     atomic_write_bytes(Path(path), text.encode())
 
 
 def fmt_interval(value: float, low: float, high: float, digits: int = 4) -> str:
-    """``value [low, high]`` with ``digits`` significant digits."""
+    """``value [low, high]`` with ``digits`` significant digits.
+
+    Example:
+        >>> fmt_interval(1.23456, 1.2, 1.3), fmt_interval(0.012345, 0.01, 0.02, digits=2)
+        ('1.235 [1.2, 1.3]', '0.012 [0.01, 0.02]')
+    """
     return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
 
 
@@ -203,6 +243,16 @@ def fixed_train_batches(meta: dict, n_batches: int, seed: int, device=None, dtyp
     Paper 000 App. D.3 estimates the norms on "a fixed batch of training data"; the
     batches are drawn the way the trainer draws them (same batch size, same
     augmentation), from a generator seeded independently of training.
+
+    Example:
+        >>> import tempfile
+        >>> from hessnorm.train.runs import rebuild
+        >>> ckpt = train(TrainConfig(task="quadratic", steps=1, out=tempfile.mkdtemp(),
+        ...                          device="cpu", progress=False, task_options={"d": 20}))
+        >>> meta = rebuild(ckpt["checkpoint"])[3]
+        >>> batches = fixed_train_batches(meta, 2, seed=0)
+        >>> len(batches), tuple(batches[0][1].shape), batches[0][1].dtype
+        (2, (1, 20), torch.float32)
     """
     from hessnorm.train.tasks import build_task
 
@@ -249,6 +299,17 @@ def hessian_norms(
     Cost: ≤ ``max_iter`` HVPs for ``spectral``, ``n_cauchy`` for each (1,1)-norm.
     Returns {quantity: Estimate.to_dict(details=False) + ``per_dim``, ``low_per_dim``,
     ``high_per_dim``, ``rotation``, ``n_batches``, ``batch_examples``}.
+
+    Example:
+        The quadratic task's Hessian is Σ at every point, so ‖H‖₂ = 1:
+
+        >>> import tempfile
+        >>> ckpt = train(TrainConfig(task="quadratic", steps=1, out=tempfile.mkdtemp(),
+        ...                          device="cpu", progress=False, task_options={"d": 20}))
+        >>> norms = hessian_norms(ckpt["checkpoint"], ["spectral"])
+        >>> row = norms["spectral"]
+        >>> row["low_per_dim"] <= 1.0 <= row["high_per_dim"], round(row["per_dim"], 5), row["d"]
+        (True, 1.0, 20)
     """
     import hessnorm as hn
     from hessnorm.rotation import parse as parse_rotation
@@ -300,6 +361,16 @@ def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[
 
     An entry is reused when it was computed with the same ``settings`` (the
     estimator options); otherwise it is recomputed and the file rewritten.
+
+    Example:
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> ckpt = train(TrainConfig(task="quadratic", steps=1, out=run, device="cpu",
+        ...                          progress=False, task_options={"d": 20}))["checkpoint"]
+        >>> first = cached_norms(run, ckpt, ["spectral"], {"max_iter": 30})
+        >>> again = cached_norms(run, ckpt, ["spectral"], {"max_iter": 30})  # read from the cache
+        >>> again == first, (Path(run) / "norms.json").is_file()
+        (True, True)
     """
     path = Path(run_dir) / "norms.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
@@ -321,6 +392,13 @@ def per_example_losses(model, batches) -> torch.Tensor:
 
     Each batch goes through the model whole, so batch-statistics BatchNorm sees the
     same batches as the batch-mean loss does; the mean of the result is that loss.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 4)
+        >>> _ = torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
+        >>> losses = per_example_losses(model, [(torch.randn(2, 3), torch.tensor([0, 3]))])
+        >>> losses.shape, torch.allclose(losses, torch.full((2,), math.log(4), dtype=torch.float64))
+        (torch.Size([2]), True)
     """
     import torch.nn.functional as F
 
@@ -334,7 +412,14 @@ def per_example_losses(model, batches) -> torch.Tensor:
 
 
 def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Standard error of mean(b − a) for per-example losses on the same examples."""
+    """Standard error of mean(b − a) for per-example losses on the same examples.
+
+    Example:
+        >>> round(paired_se(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 5.0])), 6)
+        0.57735
+        >>> paired_se(torch.tensor([1.0]), torch.tensor([2.0]))
+        nan
+    """
     diff = (b - a).double()
     return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
 
@@ -344,6 +429,15 @@ def reproduce_fixed_seeds(run, name, out_dir, quick, seed, progress, scale, data
 
     The configurations fix their own seeds (the extra-seed re-runs measure the noise), so
     ``seed`` must be 0; anything else is refused rather than silently ignored.
+
+    Example:
+        >>> run = lambda out, **kw: (out.name, kw["quick"], kw["scale"])
+        >>> reproduce_fixed_seeds(run, "table2", "reports/table2", True, 0, False, "cpu", None)
+        ('table2', True, 'cpu')
+        >>> reproduce_fixed_seeds(run, "table2", "reports/table2", True, 1, False, "cpu", None)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: hessnorm reproduce table2 fixes its seeds per configuration; drop --seed
     """
     if seed != 0:
         raise ConfigError(

@@ -29,6 +29,17 @@ def reproduce_gpt(out_dir: Path, quick: bool, seed: int, progress: bool) -> None
     +inf). Nobody is tuned more than anyone else. Writes ``curves.csv`` (every run's
     metrics), ``final.csv`` (final losses per run), ``curves.png`` and ``table.md``.
     ``quick``: a 1-layer model, 15 steps, two learning rates (a smoke test).
+
+    Example:
+        ``hessnorm reproduce gpt`` calls it; even ``quick`` trains 8 models (about
+        5 s on one core; tests/test_cli.py runs it), so the example checks the
+        dispatch and the grid every optimizer shares:
+
+        >>> from hessnorm.experiments import resolve
+        >>> resolve("gpt") is reproduce_gpt, GPT_OPTIMIZERS
+        (True, ('adam', 'adasgd', 'rotated-adam', 'sgd'))
+        >>> GPT_LR_GRID[0], GPT_LR_GRID[-1], len(GPT_LR_GRID)
+        (0.0003, 0.3, 7)
     """
     import tempfile
 

@@ -53,12 +53,24 @@ def shi_objective(x):
     ``f_0(x) = (x − 3)² + 1/10`` and ``f_i(x) = −(x − 10/3)²/10 + 1/10`` for i = 1..9.
     The paper's convention is the **sum** (Eq. (1): ``f = Σ_{i=0}^{n−1} f_i``), and
     indeed ``(x−3)² − (9/10)(x − 10/3)² + 1 = x²/10``; the unique minimizer is 0.
+
+    Example:
+        >>> x = np.array([0.0, 1.0, 2.5])
+        >>> parts = [(x - 3) ** 2 + 0.1] + [-((x - 10 / 3) ** 2) / 10 + 0.1] * 9
+        >>> shi_objective(x).tolist(), np.allclose(sum(parts), shi_objective(x))
+        ([0.0, 0.1, 0.625], True)
     """
     return np.asarray(x, dtype=float) ** 2 / 10.0
 
 
 def shi_component_gradients(index, x):
-    """``∇f_i(x)``: ``2(x − 3)`` for ``i = 0`` and ``−(x − 10/3)/5`` otherwise (broadcasting)."""
+    """``∇f_i(x)``: ``2(x − 3)`` for ``i = 0`` and ``−(x − 10/3)/5`` otherwise (broadcasting).
+
+    Example:
+        >>> g = shi_component_gradients(np.arange(SHI_N), 1.0)
+        >>> float(g[0]), round(float(g[1]), 6), round(float(g.sum()), 12)  # Σ_i ∇f_i(1) = 1/5
+        (-4.0, 0.466667, 0.2)
+    """
     x = np.asarray(x, dtype=float)
     return np.where(np.asarray(index) == 0, 2.0 * (x - 3.0), -0.2 * (x - 10.0 / 3.0))
 
@@ -111,6 +123,11 @@ def shi_adam_distances(
         Array of shape ``(len(beta2s), n_seeds, epochs + 1)``: ``|x_{k,0}|`` (the
         distance to the minimizer 0), or ``x_{k,0}`` if ``signed``, at the start of
         epochs 1..K+1.
+
+    Example:
+        >>> dist = shi_adam_distances([0.9, 0.99], epochs=20, n_seeds=2)
+        >>> dist.shape, dist[:, :, 0].tolist()  # column 0: |x0| = 1
+        ((2, 2, 21), [[1.0, 1.0], [1.0, 1.0]])
     """
     b2 = np.asarray(beta2s, dtype=float)
     if b2.ndim != 1 or b2.size == 0 or ((b2 < 0) | (b2 >= 1)).any():
@@ -149,7 +166,14 @@ def shi_adam_distances(
 
 
 def tail_average(distances: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Mean of the last ``fraction`` of epochs along the last axis."""
+    """Mean of the last ``fraction`` of epochs along the last axis.
+
+    Example:
+        >>> tail_average(np.arange(10.0)).item(), tail_average(np.arange(10.0), 0.3).item()
+        (9.0, 8.0)
+        >>> tail_average(np.ones((2, 3, 50))).shape  # one value per (β2, seed)
+        (2, 3)
+    """
     n = distances.shape[-1]
     k = max(1, int(round(fraction * n)))
     return distances[..., n - k :].mean(axis=-1)
@@ -193,7 +217,13 @@ def _gd(grad, w0, steps, *, eta1, blowup=1e6):
 
 def gd_divergence_radius(eta1: float) -> float:
     """Smallest ``a ≥ 1`` with ``0.86·η1·e^a/(2a+1) ≥ 1`` (to 1e-9): GD with ``η_t = η1/√t``
-    on ``2cosh`` diverges from every ``|w0| ≥ a`` (proof in :func:`gd_divergence_example`)."""
+    on ``2cosh`` diverges from every ``|w0| ≥ a`` (proof in :func:`gd_divergence_example`).
+
+    Example:
+        >>> a = gd_divergence_radius(0.5)
+        >>> round(a, 6), 0.86 * 0.5 * math.exp(a) / (2 * a + 1) >= 1.0, gd_divergence_radius(100.0)
+        (2.70039, True, 1.0)
+    """
     if not eta1 > 0 or not math.isfinite(eta1):
         raise ConfigError(f"eta1 must be a positive finite number, got {eta1}")
 
@@ -248,6 +278,11 @@ def gd_divergence_example(
         dict with ``eta1``, ``R`` (the proven threshold), ``starts``, ``gd`` and
         ``adam`` (arrays ``(len(starts), steps+1)``; GD rows are ``inf`` after blow-up,
         ``|w| > 1e6``), and ``gd_diverged`` / ``adam_final_abs`` per start.
+
+    Example:
+        >>> r = gd_divergence_example(0.5, starts=(1.0, 6.0), steps=50)
+        >>> r["gd_diverged"], [a < 2.0 for a in r["adam_final_abs"]], r["gd"].shape
+        ([False, True], [True, True], (2, 51))
     """
     grad = lambda w: 2.0 * np.sinh(w)  # noqa: E731
     a = gd_divergence_radius(eta1)
@@ -296,6 +331,11 @@ def sgd_divergence_example(
     Returns:
         dict with ``a``, ``w0``, ``eta1``, ``L``, ``gd``, ``sgd`` (per-epoch iterates,
         ``inf`` after blow-up), ``adam`` (per-epoch iterates), ``sgd_diverged``.
+
+    Example:
+        >>> r = sgd_divergence_example(steps=20)
+        >>> r["sgd_diverged"], bool(abs(r["gd"][-1]) < 0.01), round(r["L"], 6)  # L = 2 cosh 1
+        (True, True, 3.086161)
     """
     L = 2.0 * math.cosh(w0)
     eta1 = 1.0 / L
@@ -356,7 +396,15 @@ def _save_frame(path: Path, frame) -> None:
 def trajectory_smoothness(grad_fn, trajectory: np.ndarray, alpha: float = 0.1):
     """(‖∇f(w_k)‖, local smoothness) along a 1-D or flat trajectory, via
     :func:`hessnorm.estimators.local_smoothness.local_smoothness` (steps with Δ = 0
-    are skipped). Returns two numpy arrays."""
+    are skipped). Returns two numpy arrays.
+
+    Example:
+        For f(w) = w² (f' = 2w, f'' = 2) the local smoothness is 2 at every step:
+
+        >>> grad_norm, smooth = trajectory_smoothness(lambda w: 2 * w, np.array([1.0, 0.5, 0.5, 0.2]))
+        >>> grad_norm.tolist(), smooth.round(12).tolist()  # the repeated 0.5 is skipped
+        ([2.0, 1.0], [2.0, 2.0])
+    """
     import torch
 
     from hessnorm.estimators.local_smoothness import local_smoothness
@@ -390,6 +438,14 @@ def reproduce(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool 
         quick: 6,000 epochs instead of 100,000 (CI/tests); β2 ∈ {0.9, 0.99, 0.999}.
         seed: seed of the permutations.
         progress: print one line per stage.
+
+    Example:
+        ``hessnorm reproduce l0l1`` calls it; ``quick`` takes a few seconds
+        (tests/test_experiments.py runs it), so the example checks the dispatch:
+
+        >>> from hessnorm.experiments import resolve
+        >>> resolve("l0l1") is reproduce
+        True
     """
     import pandas as pd
     from matplotlib.figure import Figure

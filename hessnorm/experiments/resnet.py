@@ -89,6 +89,14 @@ CLAIMS = (
 
 @dataclass
 class Config:
+    """One ResNet experiment scale: model, batch sizes, budget, lr grid and analysis settings.
+
+    Example:
+        >>> c = config("cpu", quick=True)
+        >>> c.name, c.dataset, c.batch_sizes, c.steps(16)  # ⌈1 epoch × 1500 / 16⌉
+        ('quick', 'digits', (16, 64), 94)
+    """
+
     name: str
     dataset: str
     model: dict
@@ -110,7 +118,17 @@ class Config:
 
 
 def config(scale: str, quick: bool, data_dir=None) -> Config:
-    """The configuration of a scale (module docstring; deviations in ``table.md``)."""
+    """The configuration of a scale (module docstring; deviations in ``table.md``).
+
+    Example:
+        >>> c = config("cpu", quick=False)
+        >>> c.name, c.model, c.batch_sizes, c.epochs
+        ('digits', {'width': 8, 'stages': 2}, (16, 64, 256, 1024), 20)
+        >>> config("paper", quick=False)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --scale paper needs --data-dir: a local CIFAR-10 folder.
+    """
     cifar = data_dir is not None
     if quick:
         return Config(
@@ -234,6 +252,17 @@ def run(
         data_dir: local CIFAR-10 folder (``cifar-10-batches-py`` or ``-bin``).
         runs_dir: where run folders are cached (default ``runs/resnet[-quick|-paper]``).
         progress: progress bars.
+
+    Example:
+        Even ``quick`` trains 16 small ResNets (about 12 s on one core;
+        tests/test_experiments_tables.py runs it); here the cheapest call, which
+        stops at the configuration check:
+
+        >>> import tempfile
+        >>> run(Path(tempfile.mkdtemp()), scale="paper")
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --scale paper needs --data-dir: a local CIFAR-10 folder.
     """
     import pandas as pd
 
@@ -594,7 +623,15 @@ def _setup_lines(c: Config) -> list[str]:
 
 
 def resnet_flops_per_example(model: dict, in_shape=(3, 32, 32)) -> float:
-    """Forward FLOPs of one example of the trainer's ResNet, counted by torch."""
+    """Forward FLOPs of one example of the trainer's ResNet, counted by torch.
+
+    Example:
+        Stem 1→4 channels, one 4→4 block (two 3×3 convolutions) on 8×8, linear 4→10:
+        2·(1·4·9·64 + 2·4·4·9·64 + 4·10) FLOPs.
+
+        >>> resnet_flops_per_example({"width": 4, "stages": 1}, in_shape=(1, 8, 8))
+        41552.0
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from hessnorm.train.resnet import ResNet
@@ -626,14 +663,33 @@ def _paper_estimate_lines() -> list[str]:
 
 
 def reproduce(out_dir, quick: bool, seed: int, progress: bool, *, scale="cpu", data_dir=None):
-    """``hessnorm reproduce resnet``: :func:`run` with the run cache in its default place."""
+    """``hessnorm reproduce resnet``: :func:`run` with the run cache in its default place.
+
+    Example:
+        >>> import tempfile
+        >>> reproduce(tempfile.mkdtemp(), quick=True, seed=1, progress=False)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: hessnorm reproduce resnet fixes its seeds per configuration; drop --seed
+    """
     from hessnorm.experiments._runs import reproduce_fixed_seeds
 
     return reproduce_fixed_seeds(run, "resnet", out_dir, quick, seed, progress, scale, data_dir)
 
 
 def main(argv=None) -> int:
-    """``python -m hessnorm.experiments.resnet [--quick] [--scale cpu|paper] ...``."""
+    """``python -m hessnorm.experiments.resnet [--quick] [--scale cpu|paper] ...``.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     try:
+        ...         main(["--help"])
+        ...     except SystemExit as exc:
+        ...         code = exc.code
+        >>> code, "--scale {cpu,paper}" in out.getvalue()
+        (0, True)
+    """
     p = argparse.ArgumentParser(
         prog="hessnorm reproduce resnet", description=__doc__.split("\n")[0]
     )

@@ -75,6 +75,16 @@ def quadratic_runs(
     The updates are paper 000 Algorithms 1 and 2 (``method`` "adam" / "adasgd") with
     the same switches as :class:`hessnorm.optim.BlockwiseAdam`; the tests check the
     two agree. Returns the losses after ``steps`` steps, shape (n,).
+
+    Example:
+        One step of Adam with β = (0, 0) moves every coordinate by lr·sign(g):
+
+        >>> H = torch.eye(2, dtype=torch.float64)
+        >>> X0 = torch.tensor([[1.0, -2.0], [1.0, -2.0]], dtype=torch.float64)
+        >>> lrs = torch.tensor([0.5, 0.25], dtype=torch.float64)
+        >>> f = quadratic_runs(H, X0, lrs, method="adam", betas=(0.0, 0.0), steps=1)
+        >>> [round(v, 6) for v in f.tolist()]  # ½(0.5² + 1.5²), ½(0.75² + 1.75²)
+        [1.25, 1.8125]
     """
     b1, b2 = betas
     x = X0.clone()
@@ -124,6 +134,17 @@ def reproduce_table1(out_dir: Path, quick: bool, seed: int, progress: bool) -> N
     paper's, with it outside all rows land near the paper's values.
     ``quick``: d = 200, 3 starts, 30 steps (a smoke test, not the table).
     Writes ``table.csv`` and ``table.md`` under ``out_dir``.
+
+    Example:
+        ``hessnorm reproduce table1`` calls it; even ``quick`` runs 936 short
+        trainings (under a second on one idle core, tests/test_experiments.py runs
+        it), so the example checks the dispatch and the paper row it compares with:
+
+        >>> from hessnorm.experiments import resolve
+        >>> resolve("table1") is reproduce_table1
+        True
+        >>> TABLE1_PAPER["Adam"][:2]  # (1,1)-norm/d of Σ and the β=(0,0) loss
+        (0.01164, 0.00022)
     """
     import pandas as pd
 
@@ -220,7 +241,15 @@ def _write_table1_md(path, df, d, n_seeds, steps, seed, seconds, quick) -> None:
 
 
 def table1_hessian(t: float, seed: int = 0) -> torch.Tensor:
-    """RᵀΣR for R = ExpSkew(1000, t, seed), dense float64."""
+    """RᵀΣR for R = ExpSkew(1000, t, seed), dense float64.
+
+    Example:
+        >>> H = table1_hessian(0.0)  # R = I: the unrotated Σ
+        >>> H.shape, torch.equal(H, torch.diag(quadratic_sigma(1000)))
+        (torch.Size([1000, 1000]), True)
+        >>> round(float(H.abs().sum()) / 1000, 5) == PAPER_L11_PER_D[0]
+        True
+    """
     sigma = quadratic_sigma(1000)
     R = ExpSkew(sigma.numel(), t, seed=seed).matrix()
     H = R.T @ (sigma[:, None] * R)
@@ -236,7 +265,26 @@ def table1_rows(
     target: float = 0.05,
     progress=False,
 ):
-    """One dict per t: exact and estimated (1,1)-norm/d, interval, and the n for a 5% interval."""
+    """One dict per t: exact and estimated (1,1)-norm/d, interval, and the n for a 5% interval.
+
+    Cost per t: one 1000 × 1000 matrix exponential and eigendecomposition, ``n``
+    HVPs (and up to ``max_n`` doubling the probes when ``search_n``).
+
+    Example:
+        The rows for one t and a 20-dimensional stand-in for the 1000 × 1000 Hessian
+        (Σ of d = 20, whose ‖Σ‖₁,₁/d is 0.5775 and ‖Σ‖₂ = 1), to stay fast:
+
+        >>> from unittest import mock
+        >>> import hessnorm.experiments.table1 as t1
+        >>> small = lambda t, seed=0: torch.diag(quadratic_sigma(20))
+        >>> with mock.patch.object(t1, "PAPER_T", (0.0,)), mock.patch.object(t1, "table1_hessian", small):
+        ...     rows = table1_rows(n=50, target=0.1)  # n for a ±10% interval
+        >>> r = rows[0]
+        >>> round(r["exact_l11_per_d"], 4), r["spectral_norm"], r["covers_exact"], r["n_for_5pct"]
+        (0.5775, 1.0, True, 100)
+        >>> r["rel_half_width"] > 0.1 >= r["rel_half_width_at_n"]  # n = 50 is too wide
+        True
+    """
     rows = []
     for t, paper in zip(PAPER_T, PAPER_L11_PER_D):
         H = table1_hessian(t, seed)
@@ -276,7 +324,26 @@ def _write(path: Path, text: str) -> None:
 
 
 def reproduce_l11(out_dir: Path, quick: bool, seed: int, progress: bool) -> None:
-    """Write ``table.md`` and ``table.csv`` under ``out_dir`` (``quick``: no search over n)."""
+    """Write ``table.md`` and ``table.csv`` under ``out_dir`` (``quick``: no search over n).
+
+    The rows are :func:`table1_rows` (paper 000 Table 1's (1,1)-norm/d column).
+
+    Example:
+        One t and a 20-dimensional stand-in for the 1000 × 1000 Hessian (Σ of d = 20),
+        to stay fast (tests/test_cli.py runs the real ``--quick`` version):
+
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> import hessnorm.experiments.table1 as t1
+        >>> out = Path(tempfile.mkdtemp())
+        >>> small = lambda t, seed=0: torch.diag(quadratic_sigma(20))
+        >>> with mock.patch.object(t1, "PAPER_T", (0.0,)), mock.patch.object(t1, "table1_hessian", small):
+        ...     reproduce_l11(out, quick=True, seed=0, progress=False)
+        >>> sorted(p.name for p in out.iterdir())
+        ['table.csv', 'table.md']
+        >>> (out / "table.md").read_text(encoding="utf-8").splitlines()[6].split(" | ")[:3]
+        ['| 0', '0.01164', '0.57749']
+    """
     import pandas as pd
 
     out_dir = Path(out_dir)

@@ -73,7 +73,14 @@ PAPER_SGD_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.
 
 @dataclass
 class Config:
-    """One GPT size × step budget, with its lr grid(s) and analysis settings."""
+    """One GPT size × step budget, with its lr grid(s) and analysis settings.
+
+    Example:
+        >>> c = Config("S", {"n_layer": 1}, steps=10, grids={"sgd": (0.1, 1.0)},
+        ...            start={"adam": 2, "sgd": 0})
+        >>> c.optimizers, c.grid_for("sgd"), c.grid_for("adam") == GRID
+        (('adam', 'sgd'), (0.1, 1.0), True)
+    """
 
     name: str
     model: dict
@@ -113,7 +120,15 @@ def _gpt(n_layer, n_embd, n_head, block_size=64, vocab_size=256, bias=True):
 
 
 def configs(scale: str, quick: bool, data_dir=None) -> list[Config]:
-    """The configurations of a scale (see the module docstring and ``table.md``)."""
+    """The configurations of a scale (see the module docstring and ``table.md``).
+
+    Example:
+        >>> [(c.name, c.steps, c.main) for c in configs("cpu", quick=False)]
+        [('S-500', 500, False), ('M-500', 500, True), ('S-1000', 1000, False)]
+        >>> quick, = configs("cpu", quick=True)
+        >>> quick.steps, quick.grid, quick.model["n_layer"]
+        (8, (0.001, 0.01), 1)
+    """
     if quick:
         tiny = _gpt(1, 16, 2, block_size=16)
         return [
@@ -178,6 +193,13 @@ def gpt_flops_per_step(model: dict, batch_size: int) -> float:
     N counts the non-embedding-position parameters (the tied output head is one
     matmul of the forward pass), L layers, T the context, C the width, B the
     batch. Used to extrapolate times between scales.
+
+    Example:
+        L = 1, C = 16, T = 16, V = 256: N = 256·16 + (12·16² + 13·16) + 2·16 = 7408.
+
+        >>> model = dict(n_layer=1, n_embd=16, block_size=16, vocab_size=256)
+        >>> gpt_flops_per_step(model, batch_size=4) == (6 * 7408 + 12 * 16 * 16) * 4 * 16
+        True
     """
     L, C, T, V = model["n_layer"], model["n_embd"], model["block_size"], model["vocab_size"]
     n = V * C + L * (12 * C * C + 13 * C) + 2 * C
@@ -412,6 +434,17 @@ def run(
         progress: progress bars (a log line per run is always printed).
         only: names of the configurations to run and report (default: all of the
             scale), e.g. ``["S-500"]`` to build the report incrementally.
+
+    Example:
+        Even ``quick`` trains 9 tiny GPTs and estimates their norms (about 12 s on one
+        core; tests/test_experiments_tables.py runs it); here the cheapest call, which
+        stops at the configuration check:
+
+        >>> import tempfile
+        >>> run(Path(tempfile.mkdtemp()), quick=True, only=["S-500"])
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: unknown configurations ['S-500']; choose from ['quick'].
     """
     import pandas as pd
 
@@ -701,14 +734,33 @@ def _paper_estimate_lines() -> list[str]:
 
 
 def reproduce(out_dir, quick: bool, seed: int, progress: bool, *, scale="cpu", data_dir=None):
-    """``hessnorm reproduce table2``: :func:`run` with the run cache in its default place."""
+    """``hessnorm reproduce table2``: :func:`run` with the run cache in its default place.
+
+    Example:
+        >>> import tempfile
+        >>> reproduce(tempfile.mkdtemp(), quick=True, seed=2, progress=False)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: hessnorm reproduce table2 fixes its seeds per configuration; drop --seed
+    """
     from hessnorm.experiments._runs import reproduce_fixed_seeds
 
     return reproduce_fixed_seeds(run, "table2", out_dir, quick, seed, progress, scale, data_dir)
 
 
 def main(argv=None) -> int:
-    """``python -m hessnorm.experiments.table2 [--quick] [--scale cpu|paper] ...``."""
+    """``python -m hessnorm.experiments.table2 [--quick] [--scale cpu|paper] ...``.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     try:
+        ...         main(["--help"])
+        ...     except SystemExit as exc:
+        ...         code = exc.code
+        >>> code, "--only ONLY" in out.getvalue()
+        (0, True)
+    """
     p = argparse.ArgumentParser(
         prog="hessnorm reproduce table2", description=__doc__.split("\n")[0]
     )

@@ -41,6 +41,17 @@ def make_optimizer(
     Algorithm 1 as written, which is ``BlockwiseAdam`` on singleton blocks.
     ``sgd`` uses momentum β1 (paper 000 App. B: 0.9), ``rmsprop`` smoothing β2.
     ``rotated-adam`` is :class:`Rotated` Adam with the given rotation.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> type(make_optimizer("adam", model.named_parameters(), lr=1e-3)).__name__
+        'Adam'
+        >>> opt = make_optimizer("sgd", model.named_parameters(), lr=0.1, betas=(0.5, 0.9))
+        >>> type(opt).__name__, opt.defaults["momentum"]
+        ('SGD', 0.5)
+        >>> type(make_optimizer("adam", model.named_parameters(), lr=1e-3, v0=1e-4)).__name__
+        'BlockwiseAdam'
     """
     named = [(n, p) for n, p in named_params if p.requires_grad]
     if not named:

@@ -125,6 +125,19 @@ def make_report(
 
     Raises:
         ConfigError: no inputs, or an input that is neither a run folder nor a results file.
+
+    Example:
+        >>> import tempfile
+        >>> from hessnorm.train.loop import TrainConfig, train
+        >>> run_dir = tempfile.mkdtemp()
+        >>> _ = train(TrainConfig(task="quadratic", steps=2, out=run_dir, device="cpu",
+        ...                       progress=False, task_options={"d": 20}))
+        >>> out = Path(tempfile.mkdtemp()) / "report"
+        >>> md = make_report([run_dir], out, progress=False)
+        >>> md.name, sorted(p.name for p in out.glob("*.png"))
+        ('report.md', ['loss_curves_quadratic.png'])
+        >>> md.read_text(encoding="utf-8").startswith("# hessnorm report")
+        True
     """
     from tqdm.auto import tqdm
 
@@ -397,7 +410,15 @@ def _section_l0l1(doc: _Doc, runs: list[RunData]) -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``hessnorm report``."""
+    """Arguments of ``hessnorm report``.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> args = p.parse_args(["runs/adam", "results.csv", "--out", "reports/gpt"])
+        >>> args.inputs, args.out, args.title, args.quiet
+        (['runs/adam', 'results.csv'], 'reports/gpt', None, False)
+    """
     parser.description = (
         "Tables and figures (report.md, self-contained report.html, PNGs, CSVs) from run "
         "folders of `hessnorm train` and results files of `hessnorm analyze`."
@@ -414,7 +435,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``hessnorm report``; returns the exit status."""
+    """Entry point of ``hessnorm report``; returns the exit status.
+
+    Example:
+        >>> import tempfile
+        >>> from hessnorm.train.loop import TrainConfig, train
+        >>> run_dir = tempfile.mkdtemp()
+        >>> _ = train(TrainConfig(task="quadratic", steps=2, out=run_dir, device="cpu",
+        ...                       progress=False, task_options={"d": 20}))
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> out = Path(tempfile.mkdtemp()) / "report"
+        >>> run(p.parse_args([run_dir, "--out", str(out), "--quiet"]))
+        0
+        >>> (out / "report.md").is_file(), (out / "report.html").is_file()
+        (True, True)
+    """
     md = make_report(args.inputs, args.out, title=args.title, progress=not args.quiet)
     if not args.quiet:
         print(f"wrote {md} and {md.with_suffix('.html')}")

@@ -52,6 +52,16 @@ def plot_l0l1(
 
     Returns:
         The matplotlib Axes.
+
+    Example:
+        Drawing on a ``Figure`` of the object API (no pyplot state to close):
+
+        >>> from matplotlib.figure import Figure
+        >>> ax = Figure().subplots()
+        >>> plot_l0l1([1.0, 2.0, 4.0], [2.0, 3.0, 5.0], ax=ax) is ax  # on s = 1 + g
+        True
+        >>> [line.get_label() for line in ax.lines], ax.get_xscale()
+        (['L0 + L1·‖∇f‖ (L0=1, L1=1)', 'log s = log ‖∇f‖ + 0.69'], 'log')
     """
     import matplotlib.pyplot as plt
 

@@ -58,6 +58,13 @@ class RunData:
         config: ``config.json`` as a dict (``{}`` if absent).
         metrics: ``metrics.csv`` as a DataFrame (numeric columns, empty cells NaN).
         label: display name (set by :func:`make_report`; the optimizer by default).
+
+    Example:
+        >>> run = RunData(Path("runs/rot"), {"task": "quadratic", "optimizer": "rotated-adam",
+        ...               "rotation": "randperm:depth=2,seed=0", "task_options": {"t": 0.1}},
+        ...               pd.DataFrame({"step": [1]}))
+        >>> run.name, run.task, run.base_label(), run.has_smoothness()
+        ('rot', 'quadratic', 'rotated-adam [randperm:depth=2,seed=0] (t=0.1)', False)
     """
 
     path: Path
@@ -215,6 +222,21 @@ def load_input(path: str | os.PathLike) -> RunData | pd.DataFrame:
     Raises:
         ConfigError: the path does not exist, or is neither a run folder nor a
             ``.csv`` / ``.json`` results file, or is malformed.
+
+    Example:
+        >>> import tempfile
+        >>> from hessnorm.train.loop import TrainConfig, train
+        >>> run_dir = tempfile.mkdtemp()
+        >>> _ = train(TrainConfig(task="quadratic", steps=2, out=run_dir, device="cpu",
+        ...                       progress=False, task_options={"d": 20}))
+        >>> run = load_input(Path(run_dir) / "metrics.csv")  # stands for its folder
+        >>> type(run).__name__, run.optimizer, run.metrics["step"].tolist()
+        ('RunData', 'adam', [1, 2])
+        >>> try:
+        ...     load_input(Path(run_dir) / "ckpt_000002.pt")
+        ... except ConfigError as exc:
+        ...     print(str(exc).split("ckpt_000002.pt ")[1])
+        is neither a run folder nor a results file (.csv or .json from `hessnorm analyze --out`).
     """
     p = Path(path)
     if not p.exists():

@@ -22,7 +22,15 @@ __all__ = ["configure_parser", "run", "main"]
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``train`` options to ``p``."""
+    """Add the ``train`` options to ``p``.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> args = p.parse_args(["--out", "runs/a", "--optimizer", "signgd", "--steps", "7"])
+        >>> args.task, args.optimizer, args.steps, args.progress
+        ('gpt', 'signgd', 7, True)
+    """
     p.description = "Train a reference model; writes config.json, metrics.csv, ckpt_*.pt."
     p.add_argument("--task", choices=TASKS, default="gpt")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -58,7 +66,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``hessnorm train`` with parsed ``args``; returns the exit code."""
+    """Run ``hessnorm train`` with parsed ``args``; returns the exit code.
+
+    Example:
+        >>> import contextlib, io, pathlib, tempfile
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> out = tempfile.mkdtemp()
+        >>> args = p.parse_args(["--task", "quadratic", "--task-options", '{"d": 20}',
+        ...                      "--steps", "2", "--out", out, "--device", "cpu", "--quiet"])
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     code = run(args)
+        >>> code, (pathlib.Path(out) / "ckpt_000002.pt").is_file()
+        (0, True)
+    """
     cfg = TrainConfig(
         task=args.task,
         optimizer=args.optimizer,
@@ -99,7 +120,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry point: ``python -m hessnorm.train.cli ...``."""
+    """Stand-alone entry point: ``python -m hessnorm.train.cli ...``.
+
+    Example:
+        >>> import contextlib, io, json, pathlib, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     code = main(["--task", "quadratic", "--task-options", '{"d": 20}', "--steps", "1",
+        ...                  "--out", out, "--device", "cpu", "--quiet"])
+        >>> code, json.loads((pathlib.Path(out) / "config.json").read_text())["task"]
+        (0, 'quadratic')
+    """
     parser = argparse.ArgumentParser(prog="hessnorm train")
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -47,7 +47,13 @@ def _stdlib_files() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def stdlib_corpus() -> np.ndarray:
-    """Bytes of the sorted top-level stdlib ``*.py`` files, joined by a blank line (uint8)."""
+    """Bytes of the sorted top-level stdlib ``*.py`` files, joined by a blank line (uint8).
+
+    Example:
+        >>> data = stdlib_corpus()
+        >>> data.dtype, data.size == corpus_info()["n_bytes"], data.size > 10**6
+        (dtype('uint8'), True, True)
+    """
     files = _stdlib_files()
     if not files:
         raise ConfigError(
@@ -62,7 +68,13 @@ def stdlib_corpus() -> np.ndarray:
 
 
 def corpus_info() -> dict:
-    """Which interpreter's stdlib the text corpus came from, and its size."""
+    """Which interpreter's stdlib the text corpus came from, and its size.
+
+    Example:
+        >>> info = corpus_info()
+        >>> info["python"] == sys.version.split()[0], info["n_files"] > 100
+        (True, True)
+    """
     return {
         "python": sys.version.split()[0],
         "n_files": len(_stdlib_files()),
@@ -77,6 +89,18 @@ def load_text(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int | None]
     eval split). A nanoGPT folder must hold ``train.bin`` and ``val.bin`` (uint16
     token ids, read with ``np.memmap``); the vocabulary size is then None and comes
     from the model config (nanoGPT's ``meta.pkl`` is a pickle and is not read).
+
+    Example:
+        >>> import tempfile
+        >>> train, val, vocab = load_text(None)
+        >>> vocab, len(train) + len(val) == stdlib_corpus().size, len(val) < len(train) / 8
+        (256, True, True)
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for split in ("train", "val"):
+        ...     np.arange(100, dtype=np.uint16).tofile(folder / f"{split}.bin")
+        >>> train, val, vocab = load_text(str(folder))
+        >>> val[:3].tolist(), vocab
+        ([0, 1, 2], None)
     """
     if data_dir is None:
         data = stdlib_corpus()
@@ -99,6 +123,11 @@ def load_digits_split(eval_size: int = 297) -> tuple:
 
     The split is a fixed permutation (numpy seed 0): the last ``eval_size`` images
     are the evaluation set.
+
+    Example:
+        >>> x_tr, y_tr, x_ev, y_ev = load_digits_split()
+        >>> tuple(x_tr.shape), tuple(x_ev.shape), float(x_tr.max()), len(set(y_ev.tolist()))
+        ((1500, 1, 8, 8), (297, 1, 8, 8), 1.0, 10)
     """
     from sklearn.datasets import load_digits
 
@@ -133,7 +162,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(data: bytes):
-    """Unpickle bytes that may only hold builtins and numpy arrays (CIFAR batch files)."""
+    """Unpickle bytes that may only hold builtins and numpy arrays (CIFAR batch files).
+
+    Example:
+        >>> batch = {b"labels": [3, 7], b"data": np.zeros((2, 3072), dtype=np.uint8)}
+        >>> safe_unpickle(pickle.dumps(batch))[b"data"].shape
+        (2, 3072)
+        >>> safe_unpickle(pickle.dumps(print))  # a global that could run code
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.CheckpointError: refusing to unpickle builtins.print: only numpy arrays are allowed in a CIFAR-10 python batch file; use the binary version (cifar-10-batches-bin) if the file is not the official one.
+    """
     return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
@@ -167,6 +206,22 @@ def load_cifar10(data_dir: str) -> tuple:
 
     ``data_dir`` is (or contains) ``cifar-10-batches-bin`` (data_batch_1.bin ...,
     test_batch.bin) or ``cifar-10-batches-py`` (data_batch_1 ..., test_batch).
+
+    Example:
+        A fake binary folder with two records (label byte + 3072 pixel bytes) per file:
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> folder = root / "cifar-10-batches-bin"
+        >>> folder.mkdir()
+        >>> record = np.concatenate([[5], np.full(3072, 255)]).astype(np.uint8)
+        >>> for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        ...     np.tile(record, 2).tofile(folder / name)
+        >>> x_tr, y_tr, x_ev, y_ev = load_cifar10(str(root))
+        >>> tuple(x_tr.shape), tuple(x_ev.shape), y_tr.unique().tolist()
+        ((10, 3, 32, 32), (2, 3, 32, 32), [5])
+        >>> round(float(x_tr[0, 0, 0, 0]), 4)  # (1 - mean) / std of the red channel
+        2.0591
     """
     root = Path(data_dir)
     for folder in (root, root / "cifar-10-batches-bin", root / "cifar-10-batches-py"):
@@ -192,7 +247,16 @@ def load_cifar10(data_dir: str) -> tuple:
 
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip (per image)."""
+    """Random crop after zero padding, and random horizontal flip (per image).
+
+    Example:
+        Without padding every image comes back as itself or mirrored:
+
+        >>> x = torch.arange(24.0).view(4, 1, 2, 3)
+        >>> out = random_crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+        >>> out.shape, all(torch.equal(o, i) or torch.equal(o, i.flip(-1)) for o, i in zip(out, x))
+        (torch.Size([4, 1, 2, 3]), True)
+    """
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)

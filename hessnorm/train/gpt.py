@@ -26,7 +26,12 @@ __all__ = ["GPTConfig", "GPT", "TINY_GPT"]
 
 @dataclass
 class GPTConfig:
-    """nanoGPT's GPTConfig (same fields and defaults: GPT-2 124M with padded vocab)."""
+    """nanoGPT's GPTConfig (same fields and defaults: GPT-2 124M with padded vocab).
+
+    Example:
+        >>> GPTConfig().n_embd, GPTConfig().vocab_size, TINY_GPT.to_dict()["n_layer"]
+        (768, 50304, 2)
+    """
 
     block_size: int = 1024
     vocab_size: int = 50304
@@ -45,7 +50,14 @@ TINY_GPT = GPTConfig(block_size=64, vocab_size=256, n_layer=2, n_head=4, n_embd=
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (nanoGPT's, since torch's could not drop it)."""
+    """LayerNorm with an optional bias (nanoGPT's, since torch's could not drop it).
+
+    Example:
+        >>> ln = LayerNorm(4, bias=False)
+        >>> y = ln(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).detach()
+        >>> ln.bias, round(float(y.mean()), 6), round(float(y.var(unbiased=False)), 4)
+        (None, 0.0, 1.0)
+    """
 
     def __init__(self, ndim: int, bias: bool) -> None:
         super().__init__()
@@ -57,6 +69,20 @@ class LayerNorm(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (SDPA, ``is_causal=True``), as in nanoGPT.
+
+    Example:
+        Position t sees positions ≤ t only, so changing the last token changes no
+        earlier output:
+
+        >>> attn = CausalSelfAttention(GPTConfig(block_size=8, n_head=2, n_embd=8))
+        >>> x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+        >>> x2 = x.clone()
+        >>> x2[:, -1] += 1.0
+        >>> attn(x).shape, torch.allclose(attn(x)[:, :-1], attn(x2)[:, :-1])
+        (torch.Size([2, 5, 8]), True)
+    """
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         if config.n_embd % config.n_head:
@@ -80,6 +106,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The transformer block's feed-forward part: width 4·n_embd, GELU, dropout.
+
+    Example:
+        >>> MLP(GPTConfig(n_embd=8))(torch.zeros(2, 5, 8)).shape
+        torch.Size([2, 5, 8])
+    """
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -92,6 +125,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then + mlp(ln(x)).
+
+    Example:
+        >>> Block(GPTConfig(block_size=8, n_head=2, n_embd=8))(torch.zeros(2, 5, 8)).shape
+        torch.Size([2, 5, 8])
+    """
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
@@ -111,6 +151,16 @@ class GPT(nn.Module):
     N(0, 0.02/sqrt(2 n_layer)) for the residual projections ``c_proj``. It draws
     from torch's global generator: call it under ``torch.random.fork_rng`` with a
     seed (as the trainer does) for reproducible weights.
+
+    Example:
+        >>> config = GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8)
+        >>> with torch.random.fork_rng(devices=[]):
+        ...     _ = torch.manual_seed(0)
+        ...     model = GPT(config)
+        >>> model(torch.zeros(2, 8, dtype=torch.long)).shape
+        torch.Size([2, 8, 16])
+        >>> model.lm_head.weight is model.transformer.wte.weight  # tied: counted once
+        True
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -160,6 +210,13 @@ def lm_loss(logits, targets):
     """Mean next-token cross-entropy over every position of the batch.
 
     Half-precision logits (bf16 autocast) are upcast to float32; float64 stays float64.
+
+    Example:
+        Uniform logits over 16 tokens give log 16 per position:
+
+        >>> loss = lm_loss(torch.zeros(2, 3, 16), torch.zeros(2, 3, dtype=torch.long))
+        >>> round(float(loss), 6) == round(math.log(16), 6)
+        True
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()

@@ -55,6 +55,11 @@ class TrainConfig:
     ``{"t": 0.1}`` for quadratic). ``rotation`` is used by ``rotated-adam``;
     ``partition`` by ``blockwise-adam``. ``bias_correction``, ``eps_inside`` and ``v0``
     switch Adam-type optimizers to paper 000's Algorithm 1-3 as written.
+
+    Example:
+        >>> cfg = TrainConfig(task="quadratic", optimizer="rotated-adam", steps=10)
+        >>> cfg.lr is None, cfg.rotation, TrainConfig.from_dict(cfg.to_dict()) == cfg
+        (True, 'randperm:depth=2,seed=0', True)
     """
 
     task: str = "gpt"

@@ -54,6 +54,15 @@ class Task:
     ``sample(gen)`` draws one training batch with the given ``torch.Generator`` (the
     only source of data randomness); ``eval_batches(n)`` is a fixed, deterministic
     list of evaluation batches covering ``n`` examples (None: the task's default).
+
+    Example:
+        >>> task = build_task("quadratic", {"d": 20})
+        >>> x, y = task.sample(torch.Generator().manual_seed(0))
+        >>> loss = task.loss_fn(task.model(x), y)  # ½ Σ_j σ_j x_j²
+        >>> torch.allclose(loss, 0.5 * (quadratic_sigma(20, torch.float32) * task.model.x**2).sum())
+        True
+        >>> task.name, len(task.eval_batches()), task.defaults["lr"]
+        ('quadratic', 1, 0.01)
     """
 
     name: str
@@ -66,7 +75,15 @@ class Task:
 
 
 def quadratic_sigma(d: int, dtype=torch.float64) -> torch.Tensor:
-    """Diagonal of Σ in paper 000 Sec. 4.1: 11 ones, then 1/k² for k = 2, …, d − 10."""
+    """Diagonal of Σ in paper 000 Sec. 4.1: 11 ones, then 1/k² for k = 2, …, d − 10.
+
+    Example:
+        >>> s = quadratic_sigma(20)
+        >>> len(s), s[:11].tolist() == [1.0] * 11, s[11].item(), s[-1].item()
+        (20, True, 0.25, 0.01)
+        >>> round(float(quadratic_sigma(1000).sum()) / 1000, 5)  # ‖Σ‖₁,₁/d of Table 1
+        0.01164
+    """
     if d < 12:
         raise ConfigError(f"the quadratic task needs d >= 12, got d={d}.")
     k = torch.arange(2, d - 9, dtype=dtype)
@@ -74,12 +91,22 @@ def quadratic_sigma(d: int, dtype=torch.float64) -> torch.Tensor:
 
 
 def quadratic_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mean over rows of ½ Σ_j σ_j z_j² (outputs z, targets σ; both (B, d))."""
+    """mean over rows of ½ Σ_j σ_j z_j² (outputs z, targets σ; both (B, d)).
+
+    Example:
+        >>> quadratic_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 0.5]])).item()
+        2.0
+    """
     return 0.5 * (targets * outputs**2).sum(-1).mean()
 
 
 class QuadraticModel(nn.Module):
-    """Holds x ∈ R^d; ``forward(inputs)`` is R x repeated for each of the B rows of inputs."""
+    """Holds x ∈ R^d; ``forward(inputs)`` is R x repeated for each of the B rows of inputs.
+
+    Example:
+        >>> QuadraticModel(torch.tensor([1.0, 2.0, 3.0]))(torch.zeros(2, 1)).tolist()
+        [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+    """
 
     def __init__(self, x0: torch.Tensor, rotation=None) -> None:
         super().__init__()
@@ -312,7 +339,17 @@ def build_task(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> Task:
-    """Task ``name`` with ``options`` (see the module docstring); weights seeded by ``seed``."""
+    """Task ``name`` with ``options`` (see the module docstring); weights seeded by ``seed``.
+
+    Example:
+        >>> task = build_task("quadratic", {"d": 20}, seed=1, dtype=torch.float64)
+        >>> task.options, task.model.x.dtype, task.model.x.shape
+        ({'d': 20, 't': 0.0, 'rotation_seed': 0}, torch.float64, torch.Size([20]))
+        >>> build_task("mnist")
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: unknown task 'mnist'; choose one of quadratic, gpt, resnet.
+    """
     builders = {"quadratic": _quadratic, "gpt": _gpt, "resnet": _resnet}
     if name not in builders:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.")
@@ -320,7 +357,12 @@ def build_task(
 
 
 def cosine_lr(step: int, *, lr: float, steps: int, warmup: int, min_ratio: float = 0.1) -> float:
-    """nanoGPT's schedule: linear warmup to lr, cosine decay to lr·min_ratio at the end."""
+    """nanoGPT's schedule: linear warmup to lr, cosine decay to lr·min_ratio at the end.
+
+    Example:
+        >>> [round(cosine_lr(s, lr=1.0, steps=10, warmup=2), 4) for s in (0, 1, 2, 6, 10)]
+        [0.3333, 0.6667, 1.0, 0.55, 0.1]
+    """
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     if steps <= warmup:
