@@ -150,7 +150,7 @@ def _christoffel(bound, x):
     for _ in range(200):
         mid = math.sqrt(lo * hi)
         bound.lim = mid
-        if bound._excluded(np.array([x]))[0] and bound._excluded(np.array([-x]))[0]:
+        if bound._excluded_at(x) and bound._excluded_at(-x):
             lo = mid
         else:
             hi = mid

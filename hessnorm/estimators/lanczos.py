@@ -308,6 +308,8 @@ class LanczosBasis:
                 parts.append(h.double().cpu())
         w = w.to(home)
         if coeffs:
+            if len(parts) == 1:
+                return w, parts[0]
             return w, torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
         return w
 
@@ -600,7 +602,7 @@ def spectral_norm(
         bound = KrylovBound(alpha, beta, t, breakdown, floor=low)
         ok = bound.exceeds(low * target)
         if ok or m & (m - 1) == 0:  # record at powers of two and at the end
-            history.append((m, low, bound.high(rel=1e-4)))
+            history.append((m, low, bound.high(rel=1e-3)))
         return ok
 
     with _bar(progress, min(max_iter, op.d), "spectral_norm (Lanczos)") as bar:
