@@ -444,3 +444,46 @@ def reproduce_fixed_seeds(run, name, out_dir, quick, seed, progress, scale, data
             f"hessnorm reproduce {name} fixes its seeds per configuration; drop --seed"
         )
     return run(Path(out_dir), quick=quick, scale=scale, data_dir=data_dir, progress=progress)
+
+
+def fixed_seed_cli(run, name: str, argv, *, description: str, data_help: str, only: bool = False):
+    """The ``python -m hessnorm.experiments.<name>`` command line shared by table2 and resnet.
+
+    Parses ``--quick --scale --data-dir --out --runs --threads --quiet`` (and ``--only``
+    when ``only``), sets the torch thread count and calls ``run`` with them; prints the
+    path written and returns 0.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     code = fixed_seed_cli(lambda out, **kw: out / "table.md", "demo", ["--quick"],
+        ...                           description="x", data_help="data")
+        >>> code, out.getvalue().strip()
+        (0, 'wrote reports/demo/table.md')
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"hessnorm reproduce {name}", description=description)
+    p.add_argument("--quick", action="store_true", help="smoke test (seconds)")
+    p.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--out", type=Path, default=Path("reports") / name)
+    p.add_argument("--runs", type=Path, default=None, help=f"run cache (default runs/{name}…)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    if only:
+        p.add_argument("--only", default=None, help="comma-separated configuration names")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    extra = {"only": a.only.split(",") if a.only else None} if only else {}
+    path = run(
+        a.out,
+        quick=a.quick,
+        scale=a.scale,
+        data_dir=a.data_dir,
+        runs_dir=a.runs,
+        progress=not a.quiet,
+        **extra,
+    )
+    print(f"wrote {path}")
+    return 0

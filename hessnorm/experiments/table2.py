@@ -32,7 +32,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -761,30 +760,16 @@ def main(argv=None) -> int:
         >>> code, "--only ONLY" in out.getvalue()
         (0, True)
     """
-    p = argparse.ArgumentParser(
-        prog="hessnorm reproduce table2", description=__doc__.split("\n")[0]
+    from hessnorm.experiments._runs import fixed_seed_cli
+
+    return fixed_seed_cli(
+        run,
+        "table2",
+        argv,
+        description=__doc__.split("\n")[0],
+        data_help="nanoGPT data folder (--scale paper)",
+        only=True,
     )
-    p.add_argument("--quick", action="store_true", help="smoke test (seconds)")
-    p.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
-    p.add_argument("--data-dir", default=None, help="nanoGPT data folder (--scale paper)")
-    p.add_argument("--out", type=Path, default=Path("reports/table2"))
-    p.add_argument("--runs", type=Path, default=None, help="run cache (default runs/table2…)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--only", default=None, help="comma-separated configuration names")
-    p.add_argument("--quiet", action="store_true")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    path = run(
-        a.out,
-        quick=a.quick,
-        scale=a.scale,
-        data_dir=a.data_dir,
-        runs_dir=a.runs,
-        progress=not a.quiet,
-        only=a.only.split(",") if a.only else None,
-    )
-    print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
