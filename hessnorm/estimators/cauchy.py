@@ -70,7 +70,9 @@ tests/test_cauchy_gpt.py checks this, so no float64 HVPs or probe clipping are u
 Memory. The probe results are kept as an (n, d) array in ``store_dtype`` (default:
 the operator's dtype) on ``store_device`` (default: the operator's device): n·d·b
 bytes (b = 4 for float32, 2 for bfloat16). Probes go through the operator in
-chunks of ``chunk_size`` rows ((chunk, d) probe + result in the operator dtype).
+chunks of ``chunk_size`` rows ((chunk, d) probe + result in the operator dtype); the
+next chunk's float64 probes are drawn while the current one is in the operator, so
+two (chunk, d) float64 probe chunks are alive at a time.
 The row statistics and the Z_i are then computed in one streamed pass over
 column slices whose temporaries stay within ``memory_budget`` bytes. For GPT-2
 small (d = 124M) and n = 50 the store takes 24.8 GB in float32 or 12.4 GB in

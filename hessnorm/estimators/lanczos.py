@@ -79,9 +79,10 @@ _CHECK_EVERY_FROM = 32  # stopping rules run every iteration up to here, then ev
 def _check_due(m: int) -> bool:
     """Whether the stopping rule runs after iteration m (1-based).
 
-    Every iteration up to m = 32, then every ⌈m/32⌉-th: the rule's cost grows like m²
-    (the tridiagonal eigenproblem), so this keeps it a bounded share of the HVPs on
-    small models, for at most ⌈m/32⌉ − 1 extra iterations (≈3%). It depends on m
+    Every iteration up to m = 32, then every ⌈m/32⌉-th: the rules' cost grows like m²
+    (ρ_m's banded eigenproblem; the Ritz decomposition of :func:`top_eigenpairs`), so
+    this keeps it a bounded share of the HVPs on small models, for at most ⌈m/32⌉ − 1
+    extra iterations (≈3%). It depends on m
     only, so the same seed still gives the same number.
 
     Example:
