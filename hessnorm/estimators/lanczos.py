@@ -461,7 +461,7 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
         # pass against every stored vector, repeated when it cancelled more than
         # 1 − 1/√2 of what the recurrence left (the DGKS criterion; "twice is enough").
         # The pass's coefficient on q corrects α.
-        a = float(torch.dot(q, w))
+        a = float(torch.mv(q.unsqueeze(0), w))  # gemv: BLAS dot's threading is slow on CPU
         w = torch.add(w, q, alpha=-a)
         if q_prev is not None and betas[-1] != 0.0:
             w.add_(q_prev, alpha=-betas[-1])
