@@ -44,7 +44,7 @@ from hessnorm.errors import ConfigError, NonFiniteError, SelectionError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.trace import t_quantile
-from hessnorm.operator import as_operator
+from hessnorm.operator import all_finite, as_operator
 from hessnorm.partition import Partition
 
 __all__ = ["SpectralDensity", "spectral_density", "block_spectra", "block_heterogeneity"]
@@ -388,7 +388,7 @@ def _lockstep(op, units, steps: int, chunk_size: int | None, bar):
             bar.update(min(chunk, X.shape[0] - i))
         W_all = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         n_hvp += X.shape[0]
-        if not torch.isfinite(W_all).all():
+        if not all_finite(W_all):
             raise NonFiniteError(
                 "a Hessian-vector product in SLQ is not finite; try float64 or check the model"
             )

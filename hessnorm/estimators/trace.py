@@ -37,7 +37,7 @@ from torch import Tensor
 from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import as_operator
+from hessnorm.operator import all_finite, as_operator
 
 __all__ = ["trace"]
 
@@ -79,7 +79,7 @@ def _chunked_hvp(op, V: Tensor, chunk_size: int | None, bar=None) -> Tensor:
         if bar is not None:
             bar.update(min(chunk, k - i))
     out = torch.cat(pieces)
-    if not torch.isfinite(out).all():
+    if not all_finite(out):
         raise NonFiniteError(
             "a Hessian-vector product is not finite; try float64 or check the model"
         )
