@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_ESTIMATORS",
     "DEFAULT_ROTATION",
     "COLUMNS",
+    "EVAL_COLUMNS",
     "NUMERIC_COLUMNS",
     "parse_estimators",
     "per_dim_label",
@@ -330,6 +331,18 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
 # rule choosing them and its seed). Every interval (low, high) is conditional on that
 # set; ``eval_sd``/``eval_min``/``eval_max`` are the spread of the estimate over
 # ``eval_resamples`` independent evaluation sets (``analyze --eval-resamples K``).
+EVAL_COLUMNS = [
+    "data",
+    "split",
+    "eval_windows",
+    "eval_tokens",
+    "eval_rule",
+    "data_seed",
+    "eval_resamples",
+    "eval_sd",
+    "eval_min",
+    "eval_max",
+]
 COLUMNS = [
     "checkpoint",
     "kind",
@@ -352,16 +365,7 @@ COLUMNS = [
     "n_hvp",
     "seconds",
     "d",
-    "data",
-    "split",
-    "eval_windows",
-    "eval_tokens",
-    "eval_rule",
-    "data_seed",
-    "eval_resamples",
-    "eval_sd",
-    "eval_min",
-    "eval_max",
+    *EVAL_COLUMNS,
     "details",
 ]
 NUMERIC_COLUMNS = (

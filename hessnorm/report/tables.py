@@ -18,7 +18,7 @@ from hessnorm.report.inputs import (
     _opt_rank,
     _run_keys,
 )
-from hessnorm.results import is_spectrum
+from hessnorm.results import EVAL_COLUMNS, is_spectrum
 
 __all__ = ["norms_table", "spectrum_table"]
 
@@ -86,16 +86,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         "seconds",
         "loss",
         "grad_norm",
-        "data",
-        "split",
-        "eval_windows",
-        "eval_tokens",
-        "eval_rule",
-        "data_seed",
-        "eval_resamples",
-        "eval_sd",
-        "eval_min",
-        "eval_max",
+        *EVAL_COLUMNS,
     ]
     for c in cols:  # DataFrames from older producers may lack the evaluation columns
         if c not in out.columns:
