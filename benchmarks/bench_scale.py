@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -194,15 +193,9 @@ def run_stage(args) -> dict:
 
 # ----------------------------------------------------------------------------- parent side
 def machine(device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from hessnorm.experiments._runs import machine_info
+
+    info = machine_info()
     mem = "?"
     try:
         with open("/proc/meminfo") as fh:
@@ -212,13 +205,11 @@ def machine(device: str) -> str:
         )
     except (OSError, KeyError):
         pass
-    s = f"{cpu}, {os.cpu_count()} cores, {mem}, torch {torch.__version__}"
-    if device == "cuda" and torch.cuda.is_available():
-        s += f", GPU {torch.cuda.get_device_name()}"
-    try:
-        s += f", load average {open('/proc/loadavg').read().split()[0]}"
-    except OSError:
-        pass
+    s = f"{info['cpu']}, {info['cores']} cores, {mem}, torch {info['torch']}"
+    if device == "cuda" and "gpu" in info:
+        s += f", GPU {info['gpu']}"
+    if info["load_avg_1_5_15"] is not None:
+        s += f", load average {info['load_avg_1_5_15'][0]}"
     return s
 
 
