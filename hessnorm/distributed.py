@@ -108,8 +108,7 @@ def init_from_env(device: str | None = None, timeout: float = 600.0) -> bool:
 def _example_count(batch: Any) -> int:
     """Examples in an ``(inputs, targets)`` batch: the first dimension of either tensor.
 
-    The same rule as the operator's batch weights (``hessnorm.operator`` imports this
-    module, so it is not imported back).
+    Also the operator's rule for its batch weights (``hessnorm.operator`` imports it).
     """
     for obj in (batch[1], batch[0]):
         if isinstance(obj, Tensor) and obj.dim() > 0:

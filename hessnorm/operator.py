@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from hessnorm.distributed import _example_count
 from hessnorm.errors import (
     EmptyDataError,
     NonFiniteError,
@@ -222,18 +223,6 @@ def _process_group(group: Any) -> Any:
 
 def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def _batch_size(inputs: Any, targets: Any) -> int:
-    for obj in (targets, inputs):
-        if isinstance(obj, Tensor) and obj.dim() > 0:
-            return int(obj.shape[0])
-        if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
-            return int(obj[0].shape[0])
-    raise ShapeError(
-        "cannot tell the batch size: give inputs or targets as tensors whose first "
-        "dimension indexes examples"
-    )
 
 
 def _to_device(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -580,7 +569,7 @@ class HessianOperator(_Base):
             raise EmptyDataError("data holds no batch: give at least one (inputs, targets) batch")
         moved, weights = [], []
         for inputs, targets in batches:
-            n = _batch_size(inputs, targets)
+            n = _example_count((inputs, targets))
             if n == 0:
                 continue
             moved.append((_to_device(inputs, device, dtype), _to_device(targets, device, dtype)))
