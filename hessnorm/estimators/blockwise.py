@@ -131,6 +131,11 @@ def _stopper(n, delta, tol):
     return stop
 
 
+def _squared_slack(eta: float) -> float:
+    """Relative HVP error of AᵀA (two HVPs) when one HVP is off by η: 2η + η², below 1/2."""
+    return min(2 * eta + eta * eta, 0.49)
+
+
 def _pair_bound_from_state(st, n, delta, eta):
     """(low, high) of σ_max(A) from a Lanczos state of AᵀA, with confidence 1 − delta."""
     a, b = st.alpha.numpy(), st.beta.numpy()
@@ -138,33 +143,27 @@ def _pair_bound_from_state(st, n, delta, eta):
     if rho == 0.0:
         return 0.0, 0.0
     high = KrylovBound(a, b, start_radius(n, delta), st.breakdown, floor=rho).high()
-    e2 = min(2 * eta + eta * eta, 0.49)
+    e2 = _squared_slack(eta)
     return math.sqrt(rho / (1 + e2)), math.sqrt(high / (1 - e2))
 
 
 def _pair_bound(bop, *, symmetric, tol, max_iter, seed, delta, eta):
-    """(low, high) for ‖H_{b,b}‖₂ or the singular value √‖AᵀA‖₂, with confidence 1 − delta."""
-    if symmetric:
-        e = spectral_norm(
-            bop,
-            tol=tol,
-            max_iter=max_iter,
-            seed=seed,
-            confidence=1 - delta,
-            hvp_rel_error=eta,
-            progress=False,
-        )
-        return e.low, e.high, e.details["breakdown"]
-    t2 = (1 + tol) ** 2 - 1
+    """(low, high) for ‖H_{b,b}‖₂ or the singular value √‖AᵀA‖₂, with confidence 1 − delta.
+
+    The off-diagonal case runs :func:`spectral_norm` on AᵀA with the tolerance and the
+    HVP error squared ((1 + tol)² − 1 and 2η + η²) and takes square roots.
+    """
     e = spectral_norm(
         bop,
-        tol=t2,
+        tol=tol if symmetric else (1 + tol) ** 2 - 1,
         max_iter=max_iter,
         seed=seed,
         confidence=1 - delta,
-        hvp_rel_error=min(2 * eta + eta * eta, 0.49),
+        hvp_rel_error=eta if symmetric else _squared_slack(eta),
         progress=False,
     )
+    if symmetric:
+        return e.low, e.high, e.details["breakdown"]
     return math.sqrt(e.low), math.sqrt(e.high), e.details["breakdown"]
 
 
