@@ -6,7 +6,7 @@ import torch
 
 from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimators import exact
-from hessnorm.estimators._krylov import KrylovBound, start_radius, tridiag_eig
+from hessnorm.estimators._krylov import KrylovBound, rounding_slack, start_radius, tridiag_eig
 from hessnorm.estimators.lanczos import lanczos, spectral_norm, top_eigenpairs
 
 
@@ -194,6 +194,26 @@ def test_basis_spills_off_device_with_same_result(problems):
     assert torch.allclose(a.basis.dense(), b.basis.dense(), atol=1e-12)
     Q = a.basis.dense()
     assert torch.allclose(Q @ Q.T, torch.eye(20, dtype=Q.dtype), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_long_run_stays_orthonormal(dtype, tol):
+    """120 steps with one Gram–Schmidt pass per step (a second only on the DGKS test)
+    keep the basis orthonormal to rounding, and T's extreme Ritz values are H's."""
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(400, 400, generator=g, dtype=torch.float64)
+    H = A + A.T
+    st = lanczos(H.to(dtype), max_iter=120, seed=1, keep_basis=True)
+    Q = st.basis.dense().double()
+    st.basis.close()
+    assert float((Q @ Q.T - torch.eye(120, dtype=Q.dtype)).abs().max()) < tol
+    theta = torch.linalg.eigvalsh(
+        torch.diag(st.alpha) + torch.diag(st.beta[:-1], 1) + torch.diag(st.beta[:-1], -1)
+    )
+    ev = torch.linalg.eigvalsh(H)
+    # converged ends agree up to the HVP rounding the bounds allow for, η = eps·max(10, √d)
+    eta = rounding_slack(400, torch.finfo(dtype).eps) * float(ev.abs().max())
+    assert abs(float(theta[-1] - ev[-1])) < eta and abs(float(theta[0] - ev[0])) < eta
 
 
 def _dense_problem(d=300, seed=0):

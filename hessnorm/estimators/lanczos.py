@@ -252,7 +252,6 @@ class LanczosBasis:
         self.fill: list[int] = []
         self.disk: _DiskRows | None = None
         self.n = 0
-        self.second_passes = 0  # iterations that needed a second Gram–Schmidt pass
 
     def __len__(self) -> int:
         return self.n
@@ -476,7 +475,6 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
         if b < _DGKS * w_norm:
             w = Q.project_out(w)
             b = float(w.norm())
-            Q.second_passes += 1
         alphas.append(a)
         betas.append(b)
         scale = max(scale, abs(a), b)
