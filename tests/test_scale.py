@@ -248,13 +248,10 @@ def test_gpt2_small_hvp_matches_double_backward():
 def test_gpt2_small_estimator_cost_and_memory():
     """spectral_norm(max_iter=12) and l11_norm(n=8) at 124M, RSS < 16 GiB.
 
-    spectral_norm: ≤ 4 gradients per HVP, everything included (graph build, start
-    vector, re-orthogonalisation, bound). l11_norm: the whole run ≤ 4 gradients plus
-    one Cauchy draw per HVP. The draw (a serial float64
-    generator, so the probes do not depend on device or chunking) costs about two
-    gradients at this size; l11_norm overlaps it with the previous HVP, which hides it
-    on machines with spare cores but not on 2 cores, where the whole run measured
-    4.3–4.9 gradients per HVP (draw 3.5 s, gradient 1.7–2.0 s).
+    Both ≤ 4 gradients per HVP, everything included (graph build, start vector or
+    Cauchy draws, re-orthogonalisation, bound, row medians). The Cauchy draw (≈ 1.2 s
+    of CPU at this size, against 6 s for torch's serial ``cauchy_``) overlaps the
+    previous HVP. The measured figures are printed (``pytest -m slow -s``).
     """
     res = _run_python(
         _PEAK_PRELUDE
@@ -272,7 +269,7 @@ t = time.perf_counter(); op.gradient(); grad = time.perf_counter() - t
 t = time.perf_counter(); e = spectral_norm(op, max_iter=12, tol=1e-12, progress=False)
 spec = (time.perf_counter() - t) / e.n_hvp
 op.release()
-t = time.perf_counter(); _draw_probes(torch.Generator().manual_seed(1), 1, op.d)
+t = time.perf_counter(); _draw_probes(1, 0, 1, op.d, op.dtype, torch.get_num_threads())
 draw = time.perf_counter() - t
 hvp_times, plain = [], op.hvp
 def timed(v):
@@ -286,7 +283,8 @@ print(json.dumps(dict(grad=grad, spec=spec, l11=l11, draw=draw, peak=status("VmH
 """,
         timeout=3600,
     )
+    print(res)
     assert res["n_spec"] == 12 and res["n_l11"] == 8, res
     assert res["spec"] <= 4 * res["grad"], res
-    assert res["l11"] <= 4 * res["grad"] + res["draw"], res
+    assert res["l11"] <= 4 * res["grad"], res
     assert res["peak"] < 16 * GiB, res

@@ -71,8 +71,8 @@ Memory. The probe results are kept as an (n, d) array in ``store_dtype`` (defaul
 the operator's dtype) on ``store_device`` (default: the operator's device): n·d·b
 bytes (b = 4 for float32, 2 for bfloat16). Probes go through the operator in
 chunks of ``chunk_size`` rows ((chunk, d) probe + result in the operator dtype); the
-next chunk's float64 probes are drawn while the current one is in the operator, so
-two (chunk, d) float64 probe chunks are alive at a time.
+next chunk's probes are drawn while the current one is in the operator, so two
+(chunk, d) probe chunks in the operator dtype are alive at a time.
 The row statistics and the Z_i are then computed in one streamed pass over
 column slices whose temporaries stay within ``memory_budget`` bytes. For GPT-2
 small (d = 124M) and n = 50 the store takes 24.8 GB in float32 or 12.4 GB in
@@ -266,29 +266,89 @@ def _theorem_d2_rel_error(n: int, d: int, confidence: float) -> float:
     return eps
 
 
-def _draw_probes(g: torch.Generator, k: int, d: int) -> Tensor:
-    """k standard Cauchy probes (k, d) in float64 on the CPU, one after another from ``g``."""
-    V = torch.empty(k, d, dtype=torch.float64)
-    for i in range(k):
-        V[i].cauchy_(generator=g)
-    return V
+# The probe stream. Entry j of probe i is tan(π(u − ½)) with u the (i·d + j)-th float64
+# of a counter-based Philox4x64 stream keyed by the seed. The stream is cut into blocks
+# of _BLOCK values, block b starting at counter b·2⁶⁴, so any range of it can be drawn
+# on its own: chunks of probes and blocks drawn in parallel threads give the same bits.
+# _BLOCK is part of the definition of the probes: changing it changes every l11 number.
+_BLOCK = 1 << 20
+
+
+def _probe_key(seed: int) -> int:
+    """The Philox key of ``seed`` (any Python int; negative seeds wrap modulo 2¹²⁸)."""
+    return int(seed) % (1 << 128)
+
+
+def _fill_block(key: int, b: int, lo: int, hi: int, out: Tensor) -> None:
+    """Write the Cauchy values at stream positions [lo, hi) of block b into ``out``."""
+    import numpy as np
+
+    bits = np.random.Philox(key=key, counter=b << 64)
+    off = lo - b * _BLOCK
+    bits.advance(off // 4)  # Philox gives 4 values per counter step
+    gen = np.random.Generator(bits)
+    if off % 4:
+        gen.random(off % 4)
+    u = gen.random(hi - lo)
+    np.subtract(u, 0.5, out=u)
+    np.multiply(u, math.pi, out=u)
+    np.tan(u, out=u)
+    out.copy_(torch.from_numpy(u))
+
+
+def _draw_probes(
+    seed: int, first: int, k: int, d: int, dtype: torch.dtype = torch.float64, workers: int = 1
+) -> Tensor:
+    """Probes first … first + k − 1 of ``seed`` as a (k, d) CPU tensor in ``dtype``.
+
+    Standard Cauchy entries computed in float64 and rounded once to ``dtype``. The
+    blocks are filled by ``workers`` threads (numpy releases the GIL); the bits do
+    not depend on ``workers``, ``k`` or ``first``'s chunking. About 8 ns per entry
+    on one core (1 s per probe at d = 1.24·10⁸).
+    """
+    key = _probe_key(seed)
+    out = torch.empty(k, d, dtype=dtype)
+    flat = out.view(-1)
+    p0, p1 = first * d, (first + k) * d
+    if p1 <= p0:
+        return out
+    jobs = []
+    for b in range(p0 // _BLOCK, (p1 - 1) // _BLOCK + 1):
+        lo, hi = max(p0, b * _BLOCK), min(p1, (b + 1) * _BLOCK)
+        jobs.append((b, lo, hi))
+    if workers <= 1 or len(jobs) == 1:
+        for b, lo, hi in jobs:
+            _fill_block(key, b, lo, hi, flat[lo - p0 : hi - p0])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = [
+                pool.submit(_fill_block, key, b, lo, hi, flat[lo - p0 : hi - p0])
+                for b, lo, hi in jobs
+            ]
+            for f in futures:
+                f.result()
+    return out
 
 
 def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress) -> Tensor:
     """The (n, d) matrix of Hv⁽ⁱ⁾ for n Cauchy probes drawn from ``seed``.
 
-    Drawing a probe is serial (one CPU generator, so the probes do not depend on the
-    device or the chunking) and costs about as much as an HVP at 10⁸ parameters
-    (3.5 s at d = 1.24·10⁸), so the next chunk of probes is drawn in a background
-    thread while the current one goes through the operator; the order of draws, and
-    so every number, is unchanged. Memory: two probe chunks of (chunk, d) float64.
+    The probes come from the counter-based stream above, on the CPU whatever the
+    device, so they do not depend on device or chunking. At 10⁸ parameters a draw
+    costs about a quarter of an HVP (≈ 1 s of one core at d = 1.24·10⁸), so the next
+    chunk is drawn in a background thread (its blocks spread over torch's thread
+    count) while the current one goes through the operator. Memory: two probe
+    chunks of (chunk, d) in the operator's dtype.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     d = op.d
     Y = torch.empty(n, d, dtype=store_dtype, device=store_device)
-    g = torch.Generator().manual_seed(int(seed))
     starts = list(range(0, n, chunk_size))
+    workers = max(1, torch.get_num_threads())
+    draw_dtype = op.dtype if op.dtype.is_floating_point else torch.float64
     with (
         progress_bar(
             n,
@@ -298,12 +358,16 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
         ) as bar,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
-        nxt = pool.submit(_draw_probes, g, min(chunk_size, n), d)
+
+        def draw(start):
+            return _draw_probes(seed, start, min(chunk_size, n - start), d, draw_dtype, workers)
+
+        nxt = pool.submit(draw, starts[0])
         for i, start in enumerate(starts):
             k = min(chunk_size, n - start)
             V = nxt.result()
-            if i + 1 < len(starts):  # draws run strictly one after another: same stream
-                nxt = pool.submit(_draw_probes, g, min(chunk_size, n - starts[i + 1]), d)
+            if i + 1 < len(starts):
+                nxt = pool.submit(draw, starts[i + 1])
             HV = op.hvp(V.to(op.device, op.dtype))
             del V
             if not all_finite(HV):
@@ -401,9 +465,10 @@ def l11_norm(
             symmetric tensor.
         n: number of Cauchy probes (≥ 3 for ``median``, ≥ 5 for ``iqr``; the interval
             needs n ≥ 8 for ``median``, n ≥ 10 for ``iqr``; below it is [0, ∞)).
-        seed: the probes are drawn from a CPU ``torch.Generator`` seeded with it
-            (float64, one probe after another), so the probes, and the value, do not
-            depend on ``chunk_size``, device or store options.
+        seed: key of the counter-based Philox stream the probes come from (on the
+            CPU, in float64, rounded once to the operator dtype): probe i is the same
+            vector whatever ``n``, ``chunk_size``, device, thread count or store
+            options.
         confidence: nominal coverage of the interval.
         method: ``"median"`` (Algorithm 4) or ``"iqr"`` (half the interquartile range
             of the signed values, the released code's statistic).

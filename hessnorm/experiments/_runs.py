@@ -353,7 +353,7 @@ def hessian_norms(
 
 
 # bump when an estimator's value or interval construction changes
-NORMS_VERSION = 3
+NORMS_VERSION = 4  # 4: Cauchy probes from the counter-based Philox stream
 
 
 def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[str, dict]:
