@@ -1101,7 +1101,8 @@ class CountingOperator(_Base):
     """A user's operator (``d``, ``dtype``, ``device``, ``hvp``) that keeps no HVP count.
 
     :func:`as_operator` wraps such objects so that estimators can report how many HVPs
-    they used; ``hvp`` is passed through unchanged (one count per vector).
+    they used; ``hvp`` is passed through unchanged (one count per vector), and a
+    ``param_slices`` dict (name -> slice of rows), if the object has one, is kept.
 
     Example:
         >>> import torch
@@ -1120,6 +1121,8 @@ class CountingOperator(_Base):
         self.dtype = base.dtype
         self.device = torch.device(base.device)
         self.matvec_count = 0
+        if getattr(base, "param_slices", None):  # named row ranges, e.g. for per-tensor sums
+            self.param_slices = dict(base.param_slices)
 
     def hvp(self, v: Tensor) -> Tensor:
         self.matvec_count += 1 if v.dim() == 1 else v.shape[0]

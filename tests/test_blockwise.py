@@ -6,6 +6,7 @@ import torch
 from hessnorm.errors import ConfigError, SelectionError, TooLargeError
 from hessnorm.estimators import exact
 from hessnorm.estimators.blockwise import blockwise_smoothness
+from hessnorm.estimators.cauchy import l11_norm
 from hessnorm.partition import Partition
 
 
@@ -147,7 +148,12 @@ def test_special_partitions_dispatch(problems):
     single = blockwise_smoothness(op, Partition.single(op.d), progress=False)
     assert single.covers(op.d * exact.spectral_norm(H)) and single.confidence == 0.99
     coords = blockwise_smoothness(H, Partition.coordinates(op.d), n_cauchy=50, progress=False)
-    assert coords.covers(exact.l11_norm(H)) and coords.n_hvp == 50
+    # coordinates dispatch to l11_norm: the same probes, the same estimate and interval
+    direct = l11_norm(H, n=50, seed=0, progress=False)
+    assert (coords.value, coords.low, coords.high) == pytest.approx(
+        (direct.value, direct.low, direct.high), rel=1e-12
+    )
+    assert coords.n_hvp == 50 and abs(coords.value / exact.l11_norm(H) - 1) < 0.5
 
 
 def test_small_d_coordinates_are_exact():

@@ -61,7 +61,7 @@ def _estimates(H, method, seeds=SEEDS, n=N, **kw):
     c_n = cauchy_scale_bias(n, method)
     out = []
     for Ys in Y:
-        raw, _, Z = _summarize(Ys, method, c_n, {"all": slice(0, d)}, True, **kw)
+        raw, _, Z, _ = _summarize(Ys, method, c_n, {"all": slice(0, d)}, True, **kw)
         low, high, _, _ = _interval(raw, Z, n, method, c_n, 0.95)
         out.append((raw / c_n, low, high))
     return out
@@ -119,7 +119,7 @@ def test_se_matches_spread_over_seeds():
     c_n = cauchy_scale_bias(n)
     vals, se2 = [], []
     for Ys in Y:
-        raw, _, Z = _summarize(Ys, "median", c_n, {"all": slice(0, d)}, True)
+        raw, _, Z, _ = _summarize(Ys, "median", c_n, {"all": slice(0, d)}, True)
         _, _, se, _ = _interval(raw, Z, n, "median", c_n, 0.95)
         vals.append(raw / c_n)
         se2.append(se**2)
@@ -142,3 +142,83 @@ def test_coverage_at_small_n(problems, n):
     print(n, hits)
     assert sum(hits.values()) / (30 * len(hits)) >= 0.88, hits
     assert min(hits.values()) >= 24, hits
+
+
+class _Sliced:
+    """A dense H with named row slices, as a model operator has per-tensor slices."""
+
+    def __init__(self, H, slices):
+        self.H, self.param_slices = H, slices
+        self.d, self.dtype, self.device = H.shape[0], H.dtype, H.device
+
+    def hvp(self, V):
+        return V @ self.H
+
+
+def _per_tensor_cases():
+    """Three tensors of 100 / 400 / 1000 rows on every row-dependence shape."""
+    g = _dense(0, 21)
+    d = 1500
+    slices = {"small": slice(0, 100), "mid": slice(100, 500), "big": slice(500, 1500)}
+    diag = torch.diag(torch.rand(d, generator=g, dtype=torch.float64) * 10 + 0.1)
+    band = torch.zeros(d, d, dtype=torch.float64)
+    for k in range(4):  # 9-band: neighbouring rows share entries
+        off = torch.randn(d - k, generator=g, dtype=torch.float64) / (k + 1)
+        band += torch.diag(off, k) + (torch.diag(off, -k) if k else 0)
+    U = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64))[0]
+    U[:100] *= 6.0  # the small tensor carries much of the low-rank mass
+    lowrank = U @ torch.diag(torch.tensor([30.0, -10.0, 4.0], dtype=torch.float64)) @ U.T
+    lowrank += torch.diag(torch.rand(d, generator=g, dtype=torch.float64) * 0.2)
+    return slices, {"diagonal": diag, "banded": band, "lowrank_plus_diag": lowrank}
+
+
+def test_per_tensor_and_share_intervals_cover():
+    """Each tensor's sum and its share of the total get intervals that cover at ~95%,
+    on rows that are independent, banded and low-rank alike."""
+    from hessnorm.estimators.cauchy import _per_tensor_intervals
+
+    slices, cases = _per_tensor_cases()
+    c_n = cauchy_scale_bias(N)
+    hits, trials, per_case = 0, 0, {}
+    for name, H in cases.items():
+        rows = H.abs().sum(dim=1)
+        truth = {k: float(rows[s].sum()) for k, s in slices.items()}
+        total = sum(truth.values())
+        d = H.shape[0]
+        V = torch.cat([_draw_probes(s, 0, N, d) for s in SEEDS])
+        Y = (V @ H).view(len(SEEDS), N, d)
+        case_hits = dict.fromkeys(slices, 0) | {f"{k} share": 0 for k in slices}
+        for Ys in Y:
+            raw, pt, Z, ptz = _summarize(Ys, "median", c_n, slices, True, memory_budget=1 << 20)
+            iv = _per_tensor_intervals(raw, Z, pt, ptz, c_n, N, "median", c_n, 0.95)
+            for k in slices:
+                lo, hi = iv["per_tensor_interval"][k]
+                case_hits[k] += lo <= truth[k] <= hi
+                lo, hi = iv["per_tensor_share_interval"][k]
+                case_hits[f"{k} share"] += lo <= truth[k] / total <= hi
+                assert lo <= pt[k] / raw <= hi
+        per_case[name] = case_hits
+        hits += sum(case_hits.values())
+        trials += len(case_hits) * len(SEEDS)
+    print(per_case)
+    assert 0.9 <= hits / trials <= 0.995, per_case
+    assert min(h for c in per_case.values() for h in c.values()) >= 24, per_case
+
+
+def test_l11_norm_per_tensor_details_match_the_summary():
+    slices, cases = _per_tensor_cases()
+    op = _Sliced(cases["banded"], slices)
+    e = l11_norm(op, n=N, seed=4, progress=False, memory_budget=1 << 16)  # many column slices
+    whole = l11_norm(op, n=N, seed=4, progress=False)
+    assert set(e.details["per_tensor_interval"]) == set(slices)
+    for k in slices:
+        lo, hi = e.details["per_tensor_interval"][k]
+        assert lo <= e.details["per_tensor"][k] <= hi
+        assert e.details["per_tensor_interval"][k] == pytest.approx(
+            whole.details["per_tensor_interval"][k], rel=1e-9
+        )
+    shares = e.details["per_tensor_share_interval"]
+    assert sum(lo for lo, _ in shares.values()) <= 1.0 <= sum(hi for _, hi in shares.values())
+    assert (e.value, e.low, e.high) == pytest.approx(
+        (whole.value, whole.low, whole.high), rel=1e-12
+    )

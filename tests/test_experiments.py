@@ -67,8 +67,13 @@ def test_exact_and_estimated_column(t, paper):
     exact_per_d = exact.l11_norm(H) / 1000
     assert abs(exact_per_d / paper - 1) < 0.02  # rotated values depend on the random M
     assert abs(exact.spectral_norm(H) - 1) < 1e-10
-    est = l11_norm(H, n=50, seed=0, progress=False)
-    assert est.covers(exact_per_d * 1000)
+    # One seed's 95% interval misses 1 time in 20 (and the five t share the probes and
+    # the rotation's structure, so they miss together): count hits over 10 seeds
+    # (P(≤ 7 of 10) = 1.2% at 95% coverage).
+    hits = sum(
+        l11_norm(H, n=50, seed=s, progress=False).covers(exact_per_d * 1000) for s in range(10)
+    )
+    assert hits >= 8, hits
 
 
 @pytest.mark.slow

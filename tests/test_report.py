@@ -118,6 +118,11 @@ def fake_results(runs: dict[str, str], steps=(100, 200, 300), seed=0) -> pd.Data
                 value = per_dim if est == "spectral" else per_dim * D
                 sums = rng.dirichlet(np.ones(len(TENSORS))) * value
                 details = {"per_tensor": dict(zip(TENSORS, sums.tolist()))} if "l11" in est else {}
+                if "l11" in est and optimizer == "adasgd":  # as l11_norm writes them now
+                    shares = sums / value
+                    details["per_tensor_share_interval"] = {
+                        k: [0.8 * r, min(1.0, 1.3 * r)] for k, r in zip(TENSORS, shares.tolist())
+                    }
                 rotation = {
                     (None, False): "none",
                     (None, True): ROT,
@@ -243,6 +248,15 @@ def test_per_tensor_shares_match_details(inputs, tmp_path):
     assert set(got.index) == set(sums)
     for k, v in sums.items():
         assert got[k] == pytest.approx(v / total, rel=1e-12)
+    # The error bars are the estimator's share intervals where the details carry them
+    # (adasgd here), the conservative bound for older results (adam).
+    mine = shares[shares["label"] == "adasgd"].set_index("tensor")
+    for k, (lo, hi) in json.loads(src["details"].item())["per_tensor_share_interval"].items():
+        assert (mine.loc[k, "share_low"], mine.loc[k, "share_high"]) == pytest.approx((lo, hi))
+    assert set(mine["interval"]) == {"estimator"}
+    old = shares[shares["label"] == "adam"]
+    assert set(old["interval"]) == {"conservative"}
+    assert old["share_high"].isna().all()  # these synthetic details carry no n to bound with
     # Rotated coordinates (rotated-l11 rows, and the rotated-adam run analysed in its own
     # rotated coordinates) are not broken down by tensor.
     assert set(shares["label"]) == {"adam", "adasgd"}

@@ -195,30 +195,47 @@ def _row_stat(values: Tensor, method: str) -> Tensor:
     return out
 
 
-def _chunk_pass(Y: Tensor, method: str, c_n: float, with_spread: bool) -> tuple[Tensor, Tensor]:
+def _chunk_pass(Y: Tensor, method: str, c_n: float, with_spread: bool, cuts=None):
     """Row statistics and the probes' influence sums for one column slice.
 
     Y (n, m) holds the probe results of m rows. Returns the raw row statistics
     m_j (m,) and Z (n,) in float64 with Z_i = Σ_j π ŝ_j (1/2 − I_ij), where
     ŝ_j = m_j / c_n and I_ij = 1{|Y_ij| < m_j} + ½·1{|Y_ij| = m_j} (zeros if not
     ``with_spread``). Cost O(n·m log n) for the sort, O(n·m) for Z.
+
+    With ``cuts`` (sorted column offsets inside (0, m)) a third result holds the same
+    sums over the column segments between the cuts, (n, len(cuts) + 1) in float64.
     """
     A = Y.abs()
     values = (A if method == "median" else Y).sort(dim=0).values
     m = _row_stat(values, method)
     del values
     if not with_spread:
-        return m.double(), torch.zeros(Y.shape[0], dtype=torch.float64)
-    return m.double(), _influence_sums(A, m, c_n)
+        z = torch.zeros(Y.shape[0], dtype=torch.float64)
+        if cuts is None:
+            return m.double(), z
+        return m.double(), z, torch.zeros(Y.shape[0], len(cuts) + 1, dtype=torch.float64)
+    if cuts is None:
+        return m.double(), _influence_sums(A, m, c_n)
+    return (m.double(), *_influence_sums(A, m, c_n, cuts))
 
 
-def _influence_sums(A: Tensor, m: Tensor, c_n: float) -> Tensor:
+def _influence_sums(A: Tensor, m: Tensor, c_n: float, cuts=None):
     """Z (n,) from |Y| (n, m) (overwritten) and the row statistics m_j.
 
     π ŝ_j (1/2 − I_ij) = (π/2) ŝ_j sign(|Y_ij| − m_j): one sign and one
     matrix-vector product in the work dtype (its rounding is far below the spread of Z).
+    With ``cuts``, also the (n, len(cuts) + 1) sums over the segments between them
+    (Z itself is still one product, so its bits do not depend on the cuts).
     """
-    return ((0.5 * math.pi) * (A.sub_(m).sign_() @ (m / c_n)).double()).cpu()
+    S = A.sub_(m).sign_()
+    w = m / c_n
+    z = ((0.5 * math.pi) * (S @ w).double()).cpu()
+    if cuts is None:
+        return z
+    edges = [0, *cuts, len(m)]
+    parts = [(0.5 * math.pi) * (S[:, a:b] @ w[a:b]).double() for a, b in zip(edges, edges[1:])]
+    return z, torch.stack(parts, dim=1).cpu()
 
 
 @functools.cache
@@ -389,8 +406,13 @@ def _summarize(
     *,
     memory_budget: int = 1 << 28,
     progress: bool = False,
-) -> tuple[float, dict, Tensor]:
-    """Stream over column slices of Y (n, d): (Σ_j m_j, per-slice sums of m_j, Z (n,))."""
+) -> tuple[float, dict, Tensor, dict]:
+    """Stream over column slices of Y (n, d).
+
+    Returns (Σ_j m_j, per-slice sums of m_j, Z (n,), per-slice Z (n,)): the influence
+    sums restricted to each named slice's rows, so every slice gets its own standard
+    error (and, with Z, the standard error of its share of the total).
+    """
     from tqdm.auto import tqdm
 
     n, d = Y.shape
@@ -399,20 +421,29 @@ def _summarize(
     # sorted values and indices, indicator).
     col = max(1, int(memory_budget) // (40 * n))
     per_tensor = {name: 0.0 for name in slices}
+    per_tensor_z = {name: torch.zeros(n, dtype=torch.float64) for name in slices}
+    edges = sorted({e for s in slices.values() for e in (s.start, s.stop)})
     raw = 0.0
     Z = torch.zeros(n, dtype=torch.float64)
     with tqdm(total=d, desc="l11_norm: row statistics", disable=not progress, leave=False) as bar:
         for c0 in range(0, d, col):
             c1 = min(d, c0 + col)
-            rows, z = _chunk_pass(Y[:, c0:c1].to(dtype=work_dtype), method, c_n, with_spread)
+            cuts = [e - c0 for e in edges if c0 < e < c1]
+            rows, z, zs = _chunk_pass(
+                Y[:, c0:c1].to(dtype=work_dtype), method, c_n, with_spread, cuts
+            )
             Z += z
             raw += float(rows.sum())
+            seg = [c0, *(c0 + c for c in cuts), c1]
             for name, s in slices.items():
                 lo, hi = max(s.start, c0), min(s.stop, c1)
                 if lo < hi:
                     per_tensor[name] += float(rows[lo - c0 : hi - c0].sum())
+                    if with_spread:
+                        for k in range(seg.index(lo), seg.index(hi)):
+                            per_tensor_z[name] += zs[:, k]
             bar.update(c1 - c0)
-    return raw, per_tensor, Z
+    return raw, per_tensor, Z, per_tensor_z
 
 
 def _interval(
@@ -428,6 +459,32 @@ def _interval(
         return 0.0, 0.0, se, kappa
     t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
     return T * math.exp(-t * se / T), T * math.exp(t * se / T), se, kappa
+
+
+def _per_tensor_intervals(
+    raw, Z, per_tensor_raw, per_tensor_z, scale, n, method, c_n, confidence
+) -> dict:
+    """``per_tensor_interval`` and ``per_tensor_share_interval`` for the details.
+
+    A slice's sum S_t = Σ_{j∈t} ŝ_j has the influence sums Z_t (the Z_i restricted to
+    its rows), so it gets the same t interval as the total. Its share r_t = S_t / T
+    has, to first order, the influence sums (Z_t − r_t Z) / T (the delta method on the
+    ratio, probe by probe), so its standard error accounts for S_t and T moving
+    together. Both intervals are on the log scale, like the total's; a share's upper
+    end is capped at 1. Values are [low, high] lists (JSON-friendly).
+    """
+    tensor, share = {}, {}
+    T = raw / c_n
+    for name, raw_t in per_tensor_raw.items():
+        lo, hi, _, _ = _interval(raw_t, per_tensor_z[name], n, method, c_n, confidence)
+        v = raw_t / scale
+        tensor[name] = [min(lo, v), max(hi, v)]
+        if T > 0.0:
+            r = raw_t / raw
+            z_r = (per_tensor_z[name] - r * Z) / T
+            lo_r, hi_r, _, _ = _interval(r * c_n, z_r, n, method, c_n, confidence)
+            share[name] = [lo_r, min(1.0, hi_r)]
+    return {"per_tensor_interval": tensor, "per_tensor_share_interval": share}
 
 
 # Smallest n with a finite-variance statistic and a usable t interval.
@@ -489,7 +546,10 @@ def l11_norm(
     Returns:
         Estimate ``l11_norm`` with details: ``per_tensor`` (name -> Σ of the row
         estimates over that tensor's rows, summing to ``value``; one entry for
-        operators without ``param_slices``), ``raw_value``, ``bias_factor``,
+        operators without ``param_slices``), ``per_tensor_interval`` and
+        ``per_tensor_share_interval`` (name -> [low, high] of that sum and of its
+        share of the total, at ``confidence``, when the interval is computed),
+        ``raw_value``, ``bias_factor``,
         ``se`` (the standard error), ``spread_calibration`` (κ_n), ``n``,
         ``method``, ``interval``, ``theorem_d2_rel_error``.
 
@@ -523,16 +583,20 @@ def l11_norm(
 
     Y = _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     slices = getattr(op, "param_slices", None) or {"all": slice(0, d)}
-    raw, per_tensor, Z = _summarize(
+    raw, per_tensor_raw, Z, per_tensor_z = _summarize(
         Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
     )
     del Y
     scale = c_n if debias else 1.0
     value = raw / scale
-    per_tensor = {k: v / scale for k, v in per_tensor.items()}
+    per_tensor = {k: v / scale for k, v in per_tensor_raw.items()}
+    parts: dict = {}
     if with_interval:
         low, high, se, kappa = _interval(raw, Z, n, method, c_n, confidence)
         low, high = min(low, value), max(high, value)
+        parts = _per_tensor_intervals(
+            raw, Z, per_tensor_raw, per_tensor_z, scale, n, method, c_n, confidence
+        )
         kind = "influence-function standard error, t interval on the log scale"
         conf_out = confidence
     elif n_boot > 0:  # n too small for a finite-variance interval
@@ -557,6 +621,7 @@ def l11_norm(
         d=d,
         details={
             "per_tensor": per_tensor,
+            **parts,
             "raw_value": raw,
             "bias_factor": c_n,
             "debiased": bool(debias),

@@ -265,11 +265,14 @@ def _section_norms(doc: _Doc, results: pd.DataFrame, colors: dict) -> None:
             "Share of ‖H‖₁,₁ = Σᵢⱼ|Hᵢⱼ| summed over the rows i of each tensor (the `per_tensor` "
             f"details of the `l11` estimator) at the last analysed checkpoint of each run (one "
             f"panel per checkpoint file, its path in the title); top {_TOP_TENSORS} tensors "
-            "shown, with their parameter counts. Error bars: a conservative 95% interval — "
-            "each row's median has asymptotic standard error π/(2√n) times its value (n Cauchy "
-            "probes), and the standard error of a sum is at most the sum of the standard "
-            "errors whatever their correlation. Rotated estimates are left out: their "
-            "coordinates are not tensors."
+            "shown, with their parameter counts. Error bars: the estimator's interval for each "
+            "share (`per_tensor_share_interval`: the influence of every Cauchy probe on the "
+            "tensor's sum and on the total, combined by the delta method for the ratio, at the "
+            "estimate's confidence); results written before that existed get a conservative "
+            "95% bound (each row's median has standard error π/(2√n) times its value, and a "
+            "sum's standard error is at most the sum of its rows'), marked in the CSV's "
+            "`interval` column. Rotated estimates are left out: their coordinates are not "
+            "tensors."
         )
         doc.image("l11_per_tensor.png", _per_tensor_figure(shares, colors), "per-tensor share")
         top = shares.groupby("checkpoint", sort=False).head(5)

@@ -303,6 +303,10 @@ _Z95 = 1.959963984540054
 def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
     """Rows ``label, step, tensor, share`` from the ``per_tensor`` details of l11 rows.
 
+    ``share_low``/``share_high`` come from the estimate's ``per_tensor_share_interval``
+    (``interval`` = "estimator"); results written before it existed get the
+    conservative bound of :func:`_per_tensor_rel_se` ("conservative").
+
     Only unrotated rows count: in rotated coordinates (including a rotated-adam run
     analysed in its own coordinates) a "tensor's rows" are not that tensor's.
     """
@@ -324,9 +328,14 @@ def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
             continue
         rel = _per_tensor_rel_se(details)
         sizes = details.get("tensor_sizes") or {}
+        measured = details.get("per_tensor_share_interval") or {}
         for k, v in vals.items():
             # The contract says "share"; normalize anyway so absolute sums also read right.
             share = v / total
+            if k in measured:  # the estimator's own interval for this share
+                low, high = (float(x) for x in measured[k])
+            else:  # older results: the conservative bound
+                low, high = max(0.0, share * (1 - _Z95 * rel)), share * (1 + _Z95 * rel)
             out.append(
                 {
                     "label": r.label,
@@ -335,11 +344,13 @@ def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
                     "tensor": k,
                     "size": sizes.get(k),
                     "share": share,
-                    "share_low": max(0.0, share * (1 - _Z95 * rel)),
-                    "share_high": share * (1 + _Z95 * rel),
+                    "share_low": low,
+                    "share_high": high,
+                    "interval": "estimator" if k in measured else "conservative",
                 }
             )
     cols = ["label", "checkpoint", "step", "tensor", "size", "share", "share_low", "share_high"]
+    cols.append("interval")
     if not out:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(out, columns=cols)
