@@ -124,7 +124,9 @@ def norm_lower(alpha: np.ndarray, beta: np.ndarray) -> float:
     ab[2, -1] += b[m - 1] ** 2
     ab[1, 1:] = off * (a[:-1] + a[1:])  # first super-diagonal
     ab[0, 2:] = off[:-1] * off[1:]  # second super-diagonal
-    top = eig_banded(ab, eigvals_only=True, select="i", select_range=(m - 1, m - 1))[0]
+    top = eig_banded(
+        ab, eigvals_only=True, select="i", select_range=(m - 1, m - 1), check_finite=False
+    )[0]
     return float(math.sqrt(max(top, 0.0)))
 
 
@@ -154,6 +156,7 @@ class KrylovBound:
         self.m = len(self.a)
         self.b = np.asarray(beta, dtype=np.float64)[: max(self.m - 1, 0)]
         self.lim = 1.0 / (t * t)
+        self._a, self._b = self.a.tolist(), self.b.tolist()  # plain floats for the hot path
         self.breakdown = breakdown
         if floor is None:
             if self.m == 1:
@@ -175,7 +178,7 @@ class KrylovBound:
 
     def _excluded_at(self, z: float) -> bool:
         """t²·K_m(z) > 1 for one point, in plain floats (the stopping rule's hot path)."""
-        a, b, lim = self.a.tolist(), self.b.tolist(), self.lim
+        a, b, lim = self._a, self._b, self.lim
         p_prev, p, total = 0.0, 1.0, 1.0
         for k in range(self.m - 1):
             coupling = b[k - 1] * p_prev if k > 0 else 0.0

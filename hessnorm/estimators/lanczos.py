@@ -300,6 +300,11 @@ class LanczosBasis:
         CPU) that were subtracted.
         """
         home = w.device
+        if self.disk is None and len(self.chunks) == 1 and self.chunks[0].device == home:
+            C = self.chunks[0][: self.fill[0]]  # the common case: one chunk, nothing spilled
+            h = C @ w
+            w.addmv_(C.T, h, alpha=-1)
+            return (w, h.double().cpu()) if coeffs else w
         parts = []
         for C in self._iter():
             if w.device != C.device:
@@ -464,10 +469,12 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
         w = torch.add(w, q, alpha=-a)
         if q_prev is not None and betas[-1] != 0.0:
             w.add_(q_prev, alpha=-betas[-1])
-        w_norm = float(w.norm())
         w, h = Q.project_out(w, coeffs=True)
         a += float(h[-1])
         b = float(w.norm())
+        # ‖w‖ before the pass, by Pythagoras (w = w_after + Q h with Q orthonormal):
+        # no second read of w for the DGKS test.
+        w_norm = math.sqrt(b * b + float(h @ h))
         if not (math.isfinite(a) and math.isfinite(w_norm) and math.isfinite(b)):
             raise NonFiniteError(
                 "a Hessian-vector product in Lanczos is not finite; try float64 or check the model"
