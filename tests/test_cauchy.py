@@ -139,3 +139,39 @@ def test_probe_stream_is_pinned():
         dtype=torch.float64,
     )
     assert torch.allclose(v, expected, rtol=1e-9, atol=0)
+
+
+def test_probe_store_on_disk_gives_the_same_numbers(problems, tmp_path, monkeypatch):
+    """The disk store (explicit, or chosen when memory is short) changes where the
+    probe results live, never a number; a disk that cannot hold them fails before any HVP."""
+    import errno
+    import os
+
+    import hessnorm.estimators.cauchy as cauchy
+    from hessnorm.errors import TooLargeError
+
+    op, _ = problems["mlp"]
+    kw = dict(n=20, seed=5, progress=False, memory_budget=1 << 14)  # many column slices
+    mem = l11_norm(op, **kw)
+    disk = l11_norm(op, store_device=tmp_path, **kw)
+    assert mem.details["store"].startswith("memory") and disk.details["store"].startswith("disk")
+    assert (disk.value, disk.low, disk.high) == (mem.value, mem.low, mem.high)
+    assert disk.details["per_tensor_interval"] == mem.details["per_tensor_interval"]
+    assert list(tmp_path.iterdir()) == []  # the file was unlinked at once
+    # not enough memory anywhere: the default goes to disk by itself
+    monkeypatch.setattr(cauchy, "_available_memory", lambda dev: 1000)
+    auto = l11_norm(op, **kw)
+    assert auto.details["store"].startswith("disk") and auto.value == mem.value
+    with pytest.raises(TooLargeError, match="store_device='disk'"):
+        l11_norm(op, store_device="cpu", **kw)
+    monkeypatch.undo()
+
+    def full(fd, off, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    calls = []
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(op, "hvp", lambda v: calls.append(1) or v)
+    with pytest.raises(TooLargeError, match="cannot reserve"):
+        l11_norm(op, store_device="disk", **kw)
+    assert calls == []  # nothing computed

@@ -79,23 +79,29 @@ next chunk's probes are drawn while the current one is in the operator, so two
 The row statistics and the Z_i are then computed in one streamed pass over
 column slices whose temporaries stay within ``memory_budget`` bytes. For GPT-2
 small (d = 124M) and n = 50 the store takes 24.8 GB in float32 or 12.4 GB in
-bfloat16 (on the GPU, or on the host with ``store_device="cpu"``), on top of the
-operator's own HVP memory.
+bfloat16, on top of the operator's own HVP memory. When it would take more than half
+the memory available on the operator's device (then on the host), it goes to an
+unlinked temporary file whose blocks are reserved before the first HVP (a disk too
+small is an error up front); the streamed pass then reads one column slice at a time,
+so resident memory stays a small multiple of the model's size at any n.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import tempfile
 import time
+import weakref
 
 import torch
 from torch import Tensor
 
-from hessnorm.errors import ConfigError, NonFiniteError
+from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import all_finite, as_operator
+from hessnorm.operator import _available_memory, all_finite, as_operator
 
 __all__ = ["l11_norm", "cauchy_scale_bias"]
 
@@ -352,7 +358,122 @@ def _draw_probes(
     return out
 
 
-def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress) -> Tensor:
+class _DiskRows:
+    """An (n, d) matrix in an unlinked temporary file: rows written, column slices read.
+
+    All n·d·b bytes are reserved before the first HVP (``posix_fallocate``), so a disk
+    too small is a :class:`~hessnorm.errors.TooLargeError` up front, not after an hour
+    of HVPs. Rows are written with ``pwrite``; a column slice [c0, c1) is read with one
+    ``preadv`` per row into a fresh (n, c1 − c0) tensor, so resident memory holds one
+    slice, not the matrix (the kernel's page cache may keep the file while RAM is free).
+    """
+
+    def __init__(self, n: int, d: int, dtype: torch.dtype, directory=None) -> None:
+        self.shape, self.dtype, self.device = (n, d), dtype, torch.device("cpu")
+        self.item = torch.empty((), dtype=dtype).element_size()
+        self.row_bytes = d * self.item
+        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        fd, path = tempfile.mkstemp(prefix="hessnorm-l11-", suffix=".probes", dir=self.directory)
+        try:
+            os.unlink(path)
+            path = None
+        except OSError:  # pragma: no cover - platforms that cannot unlink open files
+            pass
+        self._finalizer = weakref.finalize(self, _close_fd, fd, path)
+        self.fd = fd
+        total = n * self.row_bytes
+        try:
+            if hasattr(os, "posix_fallocate") and total > 0:
+                os.posix_fallocate(fd, 0, total)
+        except OSError as exc:
+            self.close()
+            raise TooLargeError(
+                f"l11_norm: cannot reserve {total / 1e9:.1f} GB on disk in {self.directory} "
+                f"for the {n} × {d:,} probe results: {exc}. Free disk space, pass "
+                f"store_device=pathlib.Path(...) on a larger disk, use "
+                f"store_dtype=torch.bfloat16 (half the bytes) or fewer probes (n)."
+            ) from exc
+
+    def write(self, start: int, rows: Tensor) -> None:
+        data = rows.detach().to(device="cpu", dtype=self.dtype).contiguous().view(torch.uint8)
+        mv = memoryview(data.numpy()).cast("B")
+        off, done = start * self.row_bytes, 0
+        try:
+            while done < len(mv):
+                done += os.pwrite(self.fd, mv[done:], off + done)
+        except OSError as exc:
+            raise TooLargeError(
+                f"l11_norm: writing probe results to {self.directory} failed: {exc}"
+            ) from exc
+
+    def columns(self, c0: int, c1: int) -> Tensor:
+        n = self.shape[0]
+        out = torch.empty(n, c1 - c0, dtype=self.dtype)
+        want = (c1 - c0) * self.item
+        for i in range(n):
+            mv = memoryview(out[i].view(torch.uint8).numpy()).cast("B")
+            off, done = i * self.row_bytes + c0 * self.item, 0
+            while done < want:
+                got = os.preadv(self.fd, [mv[done:]], off + done)
+                if got <= 0:  # pragma: no cover - the file is ours and never truncated
+                    raise OSError(f"short read from the probe store at byte {off + done}")
+                done += got
+        return out
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_fd(fd: int, path: str | None) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # pragma: no cover
+        pass
+    if path is not None:  # pragma: no cover
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _columns(Y, c0: int, c1: int) -> Tensor:
+    return Y.columns(c0, c1) if isinstance(Y, _DiskRows) else Y[:, c0:c1]
+
+
+def _is_disk(store_device) -> bool:
+    return isinstance(store_device, os.PathLike) or (
+        isinstance(store_device, str) and store_device == "disk"
+    )
+
+
+def _store_plan(n: int, d: int, dtype: torch.dtype, store_device, op_device):
+    """Where the (n, d) probe results live: a torch device, or ``"disk"`` / a folder.
+
+    By default the operator's device while they take at most half of its available
+    memory, then (for a GPU) the host's, then an unlinked file in the temporary folder.
+    An explicit device that cannot hold them is a TooLargeError before any HVP.
+    """
+    need = n * d * torch.empty((), dtype=dtype).element_size()
+    if _is_disk(store_device):
+        return store_device
+    if store_device is not None:
+        dev = torch.device(store_device)
+        avail = _available_memory(dev)
+        if 0 <= avail < need:
+            raise TooLargeError(
+                f"l11_norm: the {n} × {d:,} probe results take {need / 1e9:.1f} GB but {dev} "
+                f"has {avail / 1e9:.1f} GB available; use store_device='disk', "
+                f"store_dtype=torch.bfloat16 or fewer probes (n)."
+            )
+        return dev
+    for dev in dict.fromkeys([torch.device(op_device), torch.device("cpu")]):
+        avail = _available_memory(dev)
+        if avail < 0 or need <= avail // 2:
+            return dev
+    return "disk"
+
+
+def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress):
     """The (n, d) matrix of Hv⁽ⁱ⁾ for n Cauchy probes drawn from ``seed``.
 
     The probes come from the counter-based stream above, on the CPU whatever the
@@ -365,7 +486,11 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     from concurrent.futures import ThreadPoolExecutor
 
     d = op.d
-    Y = torch.empty(n, d, dtype=store_dtype, device=store_device)
+    if _is_disk(store_device):
+        where = None if isinstance(store_device, str) else store_device
+        Y = _DiskRows(n, d, store_dtype, where)
+    else:
+        Y = torch.empty(n, d, dtype=store_dtype, device=store_device)
     starts = list(range(0, n, chunk_size))
     workers = max(1, torch.get_num_threads())
     draw_dtype = op.dtype if op.dtype.is_floating_point else torch.float64
@@ -394,7 +519,10 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
                 raise NonFiniteError(
                     "a Hessian-vector product with a Cauchy probe is not finite; try float64"
                 )
-            Y[start : start + k] = HV.to(device=store_device, dtype=store_dtype)
+            if isinstance(Y, _DiskRows):
+                Y.write(start, HV)
+            else:
+                Y[start : start + k] = HV.to(device=store_device, dtype=store_dtype)
             bar.update(k)
             del HV
     return Y
@@ -433,7 +561,7 @@ def _summarize(
             c1 = min(d, c0 + col)
             cuts = [e - c0 for e in edges if c0 < e < c1]
             rows, z, zs = _chunk_pass(
-                Y[:, c0:c1].to(dtype=work_dtype), method, c_n, with_spread, cuts
+                _columns(Y, c0, c1).to(dtype=work_dtype), method, c_n, with_spread, cuts
             )
             Z += z
             raw += float(rows.sum())
@@ -536,7 +664,11 @@ def l11_norm(
         store_dtype: dtype of the kept (n, d) probe results (e.g. ``torch.bfloat16``
             to halve memory; the median of 50 values is insensitive to its ~0.4%
             rounding).
-        store_device: where to keep them (e.g. ``"cpu"`` for host memory).
+        store_device: where to keep them: a device (e.g. ``"cpu"`` for host memory),
+            ``"disk"`` (an unlinked file in the temporary folder) or a
+            ``pathlib.Path`` folder for that file. Default: the operator's device
+            while they take at most half its available memory, then the host's
+            memory, then disk (``details["store"]`` says which).
         n_boot: kept for compatibility: 0 skips the interval (low = high = value);
             any positive value computes it. The interval no longer resamples, so
             the number itself is unused.
@@ -552,7 +684,7 @@ def l11_norm(
         operators without ``param_slices``), ``per_tensor_interval`` and
         ``per_tensor_share_interval`` (name -> [low, high] of that sum and of its
         share of the total, at ``confidence``, when the interval is computed),
-        ``raw_value``, ``bias_factor``,
+        ``store`` (where the probe results were kept), ``raw_value``, ``bias_factor``,
         ``se`` (the standard error), ``spread_calibration`` (κ_n), ``n``,
         ``method``, ``interval``, ``theorem_d2_rel_error``.
 
@@ -576,7 +708,7 @@ def l11_norm(
     t0 = time.perf_counter()
     d = op.d
     store_dtype = store_dtype or op.dtype
-    store_device = torch.device(store_device) if store_device is not None else op.device
+    store_device = _store_plan(n, d, store_dtype, store_device, op.device)
     if chunk_size is None:
         chunk_size = max(1, min(n, (1 << 27) // max(d, 1)))
     chunk_size = int(chunk_size)
@@ -585,10 +717,15 @@ def l11_norm(
     with_interval = n_boot > 0 and n >= _MIN_N_INTERVAL[method]
 
     Y = _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
+    store = f"disk ({Y.directory})" if isinstance(Y, _DiskRows) else f"memory ({Y.device})"
     slices = getattr(op, "param_slices", None) or {"all": slice(0, d)}
-    raw, per_tensor_raw, Z, per_tensor_z = _summarize(
-        Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
-    )
+    try:
+        raw, per_tensor_raw, Z, per_tensor_z = _summarize(
+            Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
+        )
+    finally:
+        if isinstance(Y, _DiskRows):
+            Y.close()
     del Y
     scale = c_n if debias else 1.0
     value = raw / scale
@@ -625,6 +762,7 @@ def l11_norm(
         details={
             "per_tensor": per_tensor,
             **parts,
+            "store": store,
             "raw_value": raw,
             "bias_factor": c_n,
             "debiased": bool(debias),
