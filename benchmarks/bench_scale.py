@@ -164,6 +164,7 @@ def run_stage(args) -> dict:
         t = time.perf_counter()
         e = l11_norm(op, n=args.n_cauchy, progress=False)
         out.update(seconds=time.perf_counter() - t, n_hvp=e.n_hvp, value=e.value)
+        out.update(store=e.details["store"], rel_width=(e.high - e.low) / e.value)
     elif stage == "rotated":
         base = _reset_peak(dev)
         t = time.perf_counter()
@@ -400,8 +401,10 @@ def print_table(rows, unit, args) -> None:
             )
         if r["stage"] == "rotated":
             note += f"; RandPerm build {r['build_rotation']:.1f} s"
-        if r["stage"] == "spectral":
+        if r["stage"] in ("spectral", "l11"):
             note += f"; rel. width {r['rel_width']:.1e}"
+        if "store" in r:
+            note += f"; probe results in {r['store']}"
         wall = fmt_s(r["seconds"] if r["stage"] not in ("hvpk",) else r["seconds"] * n).strip()
         print(f"| {r['stage']} | {wall} | {n} | {x} | {peak} | {note} |")
 
