@@ -49,7 +49,8 @@ Two refinements over the bare algorithm, both documented in the Estimate:
   networks, every case ≥ 27/30. Each tensor's sum and its share of the total get
   the same kind of interval (``details["per_tensor_interval"]``,
   ``["per_tensor_share_interval"]``): 526 of 540 covered over diagonal, banded and
-  low-rank Hessians split in three tensors. Needs n ≥ 8 for the median and n ≥ 10 for the iqr (the
+  low-rank Hessians split in three tensors. Needs n ≥ 8 for the median and n ≥ 10
+  for the iqr (the
   statistic's variance is infinite for n ≤ 4, resp. n ≤ 8); below, [0, ∞) is
   returned. The old percentile bootstrap over probes did not
   re-centre the resampled medians, whose own small-sample bias put the interval
@@ -91,15 +92,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import time
-import weakref
 
 import torch
 from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._disk import unlinked_file
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import _available_memory, all_finite, as_operator
 
@@ -372,14 +372,9 @@ class _DiskRows:
         self.shape, self.dtype, self.device = (n, d), dtype, torch.device("cpu")
         self.item = torch.empty((), dtype=dtype).element_size()
         self.row_bytes = d * self.item
-        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
-        fd, path = tempfile.mkstemp(prefix="hessnorm-l11-", suffix=".probes", dir=self.directory)
-        try:
-            os.unlink(path)
-            path = None
-        except OSError:  # pragma: no cover - platforms that cannot unlink open files
-            pass
-        self._finalizer = weakref.finalize(self, _close_fd, fd, path)
+        fd, self.directory, self._finalizer = unlinked_file(
+            self, "hessnorm-l11-", ".probes", directory
+        )
         self.fd = fd
         total = n * self.row_bytes
         try:
@@ -422,18 +417,6 @@ class _DiskRows:
 
     def close(self) -> None:
         self._finalizer()
-
-
-def _close_fd(fd: int, path: str | None) -> None:
-    try:
-        os.close(fd)
-    except OSError:  # pragma: no cover
-        pass
-    if path is not None:  # pragma: no cover
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def _columns(Y, c0: int, c1: int) -> Tensor:

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -51,6 +49,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._disk import unlinked_file
 from hessnorm.estimators._krylov import (
     KrylovBound,
     norm_lower,
@@ -139,15 +138,9 @@ class _DiskRows:
         self.d, self.dtype = d, dtype
         self.row_bytes = d * torch.empty((), dtype=dtype).element_size()
         self.buf_rows = max(1, _CHUNK_BYTES // max(1, self.row_bytes))
-        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
-        fd, path = tempfile.mkstemp(prefix="hessnorm-lanczos-", suffix=".basis", dir=self.directory)
-        self.fd = fd
-        try:
-            os.unlink(path)
-            path = None
-        except OSError:  # pragma: no cover - platforms that cannot unlink open files
-            pass
-        self._finalizer = weakref.finalize(self, _close_file, fd, path)
+        self.fd, self.directory, self._finalizer = unlinked_file(
+            self, "hessnorm-lanczos-", ".basis", directory
+        )
         self.n = 0
         self.bytes_written = 0
         self.bytes_read = 0
@@ -195,18 +188,6 @@ class _DiskRows:
     def close(self) -> None:
         self._buf = None
         self._finalizer()
-
-
-def _close_file(fd: int, path: str | None) -> None:
-    try:
-        os.close(fd)
-    except OSError:  # pragma: no cover
-        pass
-    if path is not None:  # pragma: no cover
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 class LanczosBasis:

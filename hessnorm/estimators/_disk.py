@@ -1,0 +1,49 @@
+"""Unlinked temporary files for estimator state that outgrows memory.
+
+Used by the Lanczos basis spill (:mod:`hessnorm.estimators.lanczos`) and the Cauchy
+probe store (:mod:`hessnorm.estimators.cauchy`). The file is unlinked as soon as it
+is open, so nothing is left behind if the process dies; the descriptor is closed when
+its owner is garbage collected or closed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+
+
+def unlinked_file(owner, prefix: str, suffix: str, directory=None):
+    """(fd, folder, finalizer) of a new temporary file in ``directory`` (default: TMPDIR).
+
+    Calling the finalizer (or collecting ``owner``) closes the descriptor.
+
+    Example:
+        >>> class Owner: pass
+        >>> owner = Owner()
+        >>> fd, folder, close = unlinked_file(owner, "hessnorm-doc-", ".bin")
+        >>> os.pwrite(fd, b"abc", 0), os.pread(fd, 3, 0), close.alive
+        (3, b'abc', True)
+        >>> close(); close.alive
+        False
+    """
+    folder = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        os.unlink(path)
+        path = None
+    except OSError:  # pragma: no cover - platforms that cannot unlink open files
+        pass
+    return fd, folder, weakref.finalize(owner, _close_file, fd, path)
+
+
+def _close_file(fd: int, path: str | None) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # pragma: no cover
+        pass
+    if path is not None:  # pragma: no cover
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
