@@ -99,7 +99,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
-from hessnorm.estimators._disk import unlinked_file
+from hessnorm.estimators._disk import read_into, tensor_bytes, unlinked_file, write_all
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import _available_memory, all_finite, as_operator
 
@@ -242,6 +242,8 @@ def _influence_sums(A: Tensor, m: Tensor, c_n: float, cuts=None):
     z = ((0.5 * math.pi) * (S @ w).double()).cpu()
     if cuts is None:
         return z
+    if not cuts:  # one segment: the same product as z
+        return z, z[:, None].clone()
     edges = [0, *cuts, len(m)]
     parts = [(0.5 * math.pi) * (S[:, a:b] @ w[a:b]).double() for a, b in zip(edges, edges[1:])]
     return z, torch.stack(parts, dim=1).cpu()
@@ -390,12 +392,9 @@ class _DiskRows:
             ) from exc
 
     def write(self, start: int, rows: Tensor) -> None:
-        data = rows.detach().to(device="cpu", dtype=self.dtype).contiguous().view(torch.uint8)
-        mv = memoryview(data.numpy()).cast("B")
-        off, done = start * self.row_bytes, 0
+        data = rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
         try:
-            while done < len(mv):
-                done += os.pwrite(self.fd, mv[done:], off + done)
+            write_all(self.fd, tensor_bytes(data), start * self.row_bytes)
         except OSError as exc:
             raise TooLargeError(
                 f"l11_norm: writing probe results to {self.directory} failed: {exc}"
@@ -404,15 +403,8 @@ class _DiskRows:
     def columns(self, c0: int, c1: int) -> Tensor:
         n = self.shape[0]
         out = torch.empty(n, c1 - c0, dtype=self.dtype)
-        want = (c1 - c0) * self.item
         for i in range(n):
-            mv = memoryview(out[i].view(torch.uint8).numpy()).cast("B")
-            off, done = i * self.row_bytes + c0 * self.item, 0
-            while done < want:
-                got = os.preadv(self.fd, [mv[done:]], off + done)
-                if got <= 0:  # pragma: no cover - the file is ours and never truncated
-                    raise OSError(f"short read from the probe store at byte {off + done}")
-                done += got
+            read_into(self.fd, tensor_bytes(out[i]), i * self.row_bytes + c0 * self.item)
         return out
 
     def close(self) -> None:
@@ -564,15 +556,21 @@ def _interval(
     raw: float, Z: Tensor, n: int, method: str, c_n: float, confidence: float
 ) -> tuple[float, float, float, float]:
     """(low, high, se, κ_n): T·exp(∓ t_{n−1} · se / T) with se² = κ_n · s²(Z) / n, T = raw / c_n."""
-    from scipy import stats
-
     T = raw / c_n
     kappa = _spread_calibration(n, method)
     se = math.sqrt(kappa * float(Z.var()) / n)
     if T <= 0.0:  # every row statistic is 0: no probe saw a nonzero row
         return 0.0, 0.0, se, kappa
-    t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+    t = _t_quantile(0.5 + confidence / 2, n - 1)
     return T * math.exp(-t * se / T), T * math.exp(t * se / T), se, kappa
+
+
+@functools.cache
+def _t_quantile(q: float, df: int) -> float:
+    """Student t quantile, once per (q, df): every per-tensor interval reuses it."""
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
 
 
 def _per_tensor_intervals(

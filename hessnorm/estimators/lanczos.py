@@ -49,7 +49,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
-from hessnorm.estimators._disk import unlinked_file
+from hessnorm.estimators._disk import read_into, tensor_bytes, unlinked_file, write_all
 from hessnorm.estimators._krylov import (
     KrylovBound,
     norm_lower,
@@ -147,15 +147,12 @@ class _DiskRows:
         self._buf: Tensor | None = None
 
     def append(self, v: Tensor) -> None:
-        data = v.detach().to(device="cpu", dtype=self.dtype).contiguous().view(torch.uint8)
-        mv = memoryview(data.numpy())
+        data = v.detach().to(device="cpu", dtype=self.dtype).contiguous()
         off = self.n * self.row_bytes
         try:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(self.fd, off, self.row_bytes)
-            done = 0
-            while done < self.row_bytes:
-                done += os.pwrite(self.fd, mv[done:], off + done)
+            write_all(self.fd, tensor_bytes(data), off)
         except OSError as exc:
             raise TooLargeError(
                 f"cannot store Lanczos vector {self.n + 1} ({self.row_bytes / 2**20:.0f} MiB) "
@@ -175,13 +172,8 @@ class _DiskRows:
         for s in range(0, self.n, self.buf_rows):
             r = min(self.buf_rows, self.n - s)
             view = self._buf[:r]
-            mv = memoryview(view.view(torch.uint8).numpy()).cast("B")
-            total, off, done = r * self.row_bytes, s * self.row_bytes, 0
-            while done < total:
-                got = os.preadv(self.fd, [mv[done:total]], off + done)
-                if got <= 0:  # pragma: no cover - the file is ours and never truncated
-                    raise OSError(f"short read from the Lanczos basis file at byte {off + done}")
-                done += got
+            total = r * self.row_bytes
+            read_into(self.fd, tensor_bytes(view), s * self.row_bytes)
             self.bytes_read += total
             yield view
 
@@ -281,11 +273,6 @@ class LanczosBasis:
         CPU) that were subtracted.
         """
         home = w.device
-        if self.disk is None and len(self.chunks) == 1 and self.chunks[0].device == home:
-            C = self.chunks[0][: self.fill[0]]  # the common case: one chunk, nothing spilled
-            h = C @ w
-            w.addmv_(C.T, h, alpha=-1)
-            return (w, h.double().cpu()) if coeffs else w
         parts = []
         for C in self._iter():
             if w.device != C.device:

@@ -349,8 +349,17 @@ def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
                     "interval": "estimator" if k in measured else "conservative",
                 }
             )
-    cols = ["label", "checkpoint", "step", "tensor", "size", "share", "share_low", "share_high"]
-    cols.append("interval")
+    cols = [
+        "label",
+        "checkpoint",
+        "step",
+        "tensor",
+        "size",
+        "share",
+        "share_low",
+        "share_high",
+        "interval",
+    ]
     if not out:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(out, columns=cols)
