@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from _peers import MeanLoss
 
 import hessnorm as hn
-from hessnorm.operator import _math_attention
+from hessnorm.operator import math_attention
 from hessnorm.testing import MLP, TinyTransformer, char_tokens, digits, init_params, lm_loss
 
 
@@ -102,7 +102,7 @@ def run_pyhessian(model, loss_fn, batch, tol):
 
     ph.hessian_vector_product = counted
     try:
-        with _math_attention():
+        with math_attention():
             t = time.perf_counter()
             torch.manual_seed(0)  # PyHessian draws its start vector from the global RNG
             h = ph.hessian(model, loss_fn, data=batch, cuda=False)
@@ -118,7 +118,7 @@ def run_curvlinops(model, loss_fn, batch, tol):
     from scipy.sparse.linalg import eigsh
 
     params = [p for p in model.parameters() if p.requires_grad]
-    with _math_attention():
+    with math_attention():
         t = time.perf_counter()
         H = HessianLinearOperator(
             model, MeanLoss(loss_fn), params, [batch], check_deterministic=False
@@ -146,7 +146,7 @@ def run_eigenthings(model, loss_fn, batch, tol, truth):
     op = he.HessianOperator(model, [batch], he.supervised_loss(loss_fn))
     steps = 4
     while True:
-        with _math_attention():
+        with math_attention():
             t = time.perf_counter()
             res = he.lanczos(op, k=1, max_iter=min(steps, op.size), tol=tol, seed=0)
             sec = time.perf_counter() - t
@@ -232,7 +232,7 @@ def main():
         separate = time.perf_counter() - t
         params = [p for p in model.parameters() if p.requires_grad]
         sizes = [p.numel() for p in params]
-        with _math_attention():
+        with math_attention():
             t = time.perf_counter()
             grads = torch.autograd.grad(
                 loss_fn(model(batch[0]), batch[1]), params, create_graph=True

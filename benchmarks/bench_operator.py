@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from _peers import MeanLoss
 
-from hessnorm.operator import HessianOperator, _math_attention
+from hessnorm.operator import HessianOperator, math_attention
 from hessnorm.testing import MLP, TinyTransformer, char_tokens, digits, init_params, lm_loss
 
 
@@ -78,7 +78,7 @@ def bench(name, model, loss_fn, batch, k, repeats):
         from pyhessian.utils import hessian_vector_product
 
         def loop():  # math attention: PyHessian fails on the fused SDPA kernels otherwise
-            with _math_attention():
+            with math_attention():
                 _pyhessian_loop()
 
         def _pyhessian_loop():
@@ -97,7 +97,7 @@ def bench(name, model, loss_fn, batch, k, repeats):
     except ImportError:
 
         def loop():
-            with _math_attention():
+            with math_attention():
                 _loop()
 
         def _loop():
@@ -116,14 +116,14 @@ def bench(name, model, loss_fn, batch, k, repeats):
     try:
         from curvlinops import HessianLinearOperator
 
-        with _math_attention():
+        with math_attention():
             H = HessianLinearOperator(
                 model, MeanLoss(loss_fn), params, [(x, y)], check_deterministic=False
             )
         Vn = V.T.contiguous()
 
         def cl():
-            with _math_attention():
+            with math_attention():
                 H @ Vn
 
         row["curvlinops"] = timeit(cl, max(1, repeats // 2)) / k

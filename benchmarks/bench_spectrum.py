@@ -36,7 +36,7 @@ import hessnorm as hn
 from hessnorm.estimators import exact
 from hessnorm.estimators.density import spectral_density
 from hessnorm.estimators.trace import trace
-from hessnorm.operator import _math_attention
+from hessnorm.operator import math_attention
 from hessnorm.testing import problem_parts
 
 N_TRACE = 60
@@ -126,7 +126,7 @@ def trace_rows(model, loss_fn, batch, op, truth, seeds):
     rows.append(("hessnorm trace (Hutch++)", ours("hutch++")))
     rows.append(("hessnorm trace (Hutchinson)", ours("hutchinson")))
     try:
-        with _math_attention():
+        with math_attention():
             _, h = _pyhessian(model, loss_fn, batch)
             errs, secs, n = [], [], 0
             for s in seeds:
@@ -148,7 +148,7 @@ def trace_rows(model, loss_fn, batch, op, truth, seeds):
             import curvlinops
 
             fn = getattr(curvlinops, fname)
-            with _math_attention():
+            with math_attention():
                 A, count = _curvlinops_op(model, loss_fn, batch)
                 errs, secs = [], []
                 for s in seeds:
@@ -178,7 +178,7 @@ def density_rows(model, loss_fn, batch, op, lam):
         )
     )
     try:
-        with _math_attention():
+        with math_attention():
             _, h = _pyhessian(model, loss_fn, batch)
 
             def run():
@@ -199,7 +199,7 @@ def density_rows(model, loss_fn, batch, op, lam):
     try:
         from curvlinops import lanczos_approximate_spectrum
 
-        with _math_attention():
+        with math_attention():
             A, count = _curvlinops_op(model, loss_fn, batch)
 
             def run():

@@ -64,9 +64,31 @@ _EXPORTS = {
     "lm_windows": "hessnorm.train.tasks",
     "analyze": "hessnorm.analyze",
     "make_report": "hessnorm.report",
+    # the estimator contract
+    "register_estimator": "hessnorm.registry",
+    "AnalyzeOptions": "hessnorm.inputs",
+    "EvalSet": "hessnorm.inputs",
+    "CheckpointInfo": "hessnorm.inputs",
 }
-# public submodules
-_MODULES = ("errors", "rotation", "exact", "results", "testing")
+# public subpackages and modules, reachable as ``hessnorm.<name>`` (``hessnorm.train`` and
+# ``hessnorm.analyze`` are the functions; their modules import as usual)
+_MODULES = (
+    "estimators",
+    "optim",
+    "report",
+    "registry",
+    "inputs",
+    "results",
+    "operator",
+    "partition",
+    "rotation",
+    "checkpoint",
+    "distributed",
+    "hf",
+    "errors",
+    "exact",
+    "testing",
+)
 
 __all__ = [*_EXPORTS, *_MODULES]
 

@@ -3,18 +3,18 @@
 Python::
 
     df = hessnorm.analyze(["runs/adam"], estimators=["spectral", "l11"])
+    df = hessnorm.analyze("ckpt.pt", options=AnalyzeOptions(estimators="l11", ...))
 
 CLI::
 
     hessnorm analyze runs/adam runs/rotated --estimators spectral,l11,rotated-l11 --out results.csv
 
-Estimators: the names of :data:`hessnorm.results.ESTIMATORS` (the registry holds
-their labels and per-dimension rules).
+Estimators are the registered ones (:mod:`hessnorm.registry`; ``hessnorm estimators``
+lists them); their options are flags here (``--n-cauchy``, ``--tol``, ...) and keywords
+of :func:`analyze`. Every setting lives in one :class:`~hessnorm.inputs.AnalyzeOptions`.
 
-Spectrum estimators (``trace``, ``density``, ``diagonal-share``,
-``rotated-diagonal-share``, ``block-spectra:by_tensor``) give one number per row too
-(see :mod:`hessnorm.results`); the densities behind ``density`` and ``block-spectra``
-travel in ``df.attrs["spectra"]`` and :func:`write_results` writes them to a sidecar
+Estimators that carry densities (``density``, ``block-spectra:*``) put them in
+``df.attrs["spectra"]``; :func:`hessnorm.results.write_results` writes them to a sidecar
 ``<out stem>.spectra.json`` named in the rows' ``details``.
 
 Checkpoints of a run trained with rotated Adam are analysed **in the run's own
@@ -25,10 +25,9 @@ paper 000 Table 2); the ``rotation`` column says so and a note is printed.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,21 @@ import torch
 
 from hessnorm.errors import CheckpointError, ConfigError
 from hessnorm.estimators.local_smoothness import check_alpha, local_smoothness
+from hessnorm.inputs import (
+    DEFAULT_LM_WINDOWS,
+    AnalyzeOptions,
+    CheckpointInfo,
+    EstimatorContext,
+    EvalSet,
+)
+from hessnorm.registry import Selection, parse_estimators, split_options
 from hessnorm.results import (
-    COLUMNS,
     DEFAULT_ESTIMATORS,
     DEFAULT_ROTATION,
-    ESTIMATORS,
-    parse_estimators,
+    columns,
+    spectra_key,
+    spectra_path,
+    write_results,
 )
 from hessnorm.rotation import parse as parse_rotation
 from hessnorm.rotation import spec_string
@@ -53,40 +61,57 @@ __all__ = [
     "write_results",
     "spectra_key",
     "spectra_path",
+    "AnalyzeOptions",
 ]
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist() if obj.numel() <= 64 else f"<tensor {tuple(obj.shape)}>"
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+def _estimate_row(sel: Selection, est, d: int, rotated_run: bool) -> dict[str, Any]:
+    """One result row (estimate columns only) of a selection's Estimate."""
+    metric, bound = sel.labels(rotated_run)
+    row = est.to_dict(details=False)
+    row.update(
+        estimator=sel.label,
+        metric=metric,
+        bound=bound,
+        bound_per_dim=sel.spec.bound_per_dim(est.value, d),
+        details=dict(est.details),
+    )
+    for c in sel.spec.columns:
+        row[c] = est.details.get(c)
+    if "spectra" in est.artifacts:
+        row["spectra"] = est.artifacts["spectra"]
+    return row
 
 
 def analyze_operator(
     op,
-    estimators=DEFAULT_ESTIMATORS,
+    estimators: str | Sequence[str] = DEFAULT_ESTIMATORS,
     *,
-    n_cauchy: int = 50,
     rotation=DEFAULT_ROTATION,
     seed: int = 0,
-    tol: float = 1e-4,
     progress: bool = True,
+    options: Mapping[str, Any] | None = None,
+    context: EstimatorContext | None = None,
+    rotated_run: bool = False,
+    **estimator_options: Any,
 ) -> list[dict]:
     """Run the named estimators on one operator; a list of row dicts (no checkpoint columns).
 
-    ``rotation`` (a spec string or rotation object) is used by the ``rotated-*``
-    estimators only. Cost: that of each named estimator (see its docstring). Rows of
-    the ``density`` and ``block-spectra:*`` estimators carry one more key,
-    ``spectra`` (block name -> :class:`~hessnorm.estimators.density.SpectralDensity`),
-    which is not a column.
+    Args:
+        op: the Hessian operator (or a dense symmetric tensor's operator).
+        estimators: registered names (list or comma-separated); ``rotated-NAME`` runs
+            NAME on ``op.rotated(R)`` for the rotation ``rotation``.
+        rotation: a spec string or rotation object, for the ``rotated-*`` names only.
+        seed: seeds every estimator's probes.
+        progress: progress bars.
+        options: estimator options (``{"n_cauchy": 20}`` or ``{"l11.n_cauchy": 20}``);
+            keyword arguments (``n_cauchy=20``) are merged into them.
+        context: what the estimators that take ``context`` may read (the checkpoint).
+        rotated_run: ``op`` already is the Hessian of a rotated loss (labels say so).
+
+    Cost: that of each named estimator (see its docstring and ``hessnorm estimators``).
+    ``details`` is a dict; rows of estimators carrying densities have one more key,
+    ``spectra`` (block name -> SpectralDensity), which is not a column.
 
     Example:
         >>> import torch
@@ -96,57 +121,75 @@ def analyze_operator(
         >>> round(row["value"], 6), row["bound"], round(row["bound_per_dim"], 6)
         (3.0, 'd‖H‖₂', 3.0)
     """
-    rows = []
-    R = None
-    for name in parse_estimators(estimators):
-        spec = ESTIMATORS[name]
+    selections = parse_estimators(estimators)
+    per, _unused = split_options(selections, {**dict(options or {}), **estimator_options})
+    rows, R = [], None
+    for sel in selections:
         target = op
-        if spec.rotated:
+        if sel.rotated:
             if R is None:
                 R = parse_rotation(rotation, op.d)
             target = op.rotated(R)
-        est = spec.run(target, n_cauchy=n_cauchy, seed=seed, tol=tol, progress=progress)
-        row = est.to_dict(details=False)
-        details = dict(est.details)
-        spectra = details.pop("spectra", None)
-        row.update(
-            estimator=name,
-            metric=spec.metric,
-            bound=spec.bound,
-            bound_per_dim=spec.bound_per_dim(est.value, op.d),
-            details=json.dumps(_jsonable(details), ensure_ascii=False),
-        )
-        if spectra is not None:
-            row["spectra"] = spectra
-        if spec.rotated:
+        est = sel.spec.run(target, per[sel.label], seed=seed, progress=progress, context=context)
+        row = _estimate_row(sel, est, op.d, rotated_run)
+        if sel.rotated:
             row["rotation"] = spec_string(rotation)
         rows.append(row)
     return rows
 
 
+def _settings(
+    estimators: str | Sequence[str] | None, options: AnalyzeOptions | None, settings: dict
+) -> AnalyzeOptions:
+    """One AnalyzeOptions from analyze()'s three ways of passing settings."""
+    if options is not None and not isinstance(options, AnalyzeOptions):
+        raise ConfigError(f"options must be an AnalyzeOptions, got {type(options).__name__}")
+    if estimators is not None:
+        settings["estimators"] = estimators
+    if options is None:
+        return AnalyzeOptions.build(**settings)
+    if not settings:
+        return options
+    extra = AnalyzeOptions.build(**settings)
+    changed = {
+        k: getattr(extra, k)
+        for k in ("estimators", *settings)
+        if k in AnalyzeOptions.__dataclass_fields__
+    }
+    if extra.eval != EvalSet():
+        changed["eval"] = extra.eval
+    if extra.estimator_options:
+        changed["estimator_options"] = {**options.estimator_options, **extra.estimator_options}
+    return options.replace(**changed)
+
+
+def _checkpoint_files(checkpoints) -> list[tuple[Path, str]]:
+    """``(file, run name)`` for every checkpoint named (folders expand in step order)."""
+    from hessnorm.checkpoint import expand
+
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
+    files: list[tuple[Path, str]] = []
+    for c in checkpoints:
+        c = Path(c)
+        if not c.exists():
+            raise ConfigError(f"{c} does not exist")
+        found = expand(c)
+        if not found:
+            raise ConfigError(
+                f"{c} is a folder without checkpoints (ckpt_*.pt of a hessnorm run, nanoGPT's "
+                "ckpt.pt, or sub-folders holding ckpt.pt)"
+            )
+        files += [(f, str(c) if c.is_dir() else str(f.parent)) for f in found]
+    return files
+
+
 def analyze(
     checkpoints: str | Path | Sequence[str | Path],
-    estimators: str | Sequence[str] = DEFAULT_ESTIMATORS,
+    estimators: str | Sequence[str] | None = None,
     *,
-    n_cauchy: int = 50,
-    rotation=DEFAULT_ROTATION,
-    eval_examples: int | None = None,
-    seed: int = 0,
-    tol: float = 1e-4,
-    device: str | None = None,
-    dtype: torch.dtype | str | None = None,
-    model=None,
-    data=None,
-    loss=None,
-    task: str | None = None,
-    data_dir: str | None = None,
-    batchnorm: str = "batch",
-    progress: bool = True,
-    log=None,
-    data_seed: int | None = None,
-    eval_resamples: int = 0,
-    text: str | Path | None = None,
-    block_size: int | None = None,
+    options: AnalyzeOptions | None = None,
+    **settings: Any,
 ):
     """Estimate Hessian norms of checkpoints; returns a :class:`pandas.DataFrame`.
 
@@ -160,27 +203,15 @@ def analyze(
     Args:
         checkpoints: files or run folders (a folder stands for all its checkpoints,
             in step order: a trajectory).
-        estimators: names from :data:`hessnorm.results.ESTIMATORS` (list or
-            comma-separated string).
-        n_cauchy: Cauchy probes for (1,1)-norm estimates (paper 000 uses 50).
-        rotation: rotation for the ``rotated-*`` estimators.
-        eval_examples: evaluation examples the Hessian is averaged over (>= 1;
-            None: the format's default, 64 windows for language models).
-        seed: seeds the estimators' probes only (not the evaluation set).
-        tol: Lanczos relative interval width.
-        device, dtype: where and in which precision to compute.
-        model, data, loss, task, data_dir: see :func:`hessnorm.checkpoint.load`.
-        batchnorm: ``"batch"`` or ``"frozen"`` (see HessianOperator.from_module).
-        progress: progress bars.
-        log: where notes go (default stderr); ``False`` silences them.
-        data_seed: language models: None (default) evaluates on the deterministic
-            :func:`hessnorm.train.tasks.lm_windows` windows; an int draws random window
-            offsets with it (:func:`hessnorm.checkpoint.nanogpt_eval_windows`).
-        eval_resamples: K >= 2 adds the spread over K independent evaluation sets
-            (0: none).
-        text, block_size: Hugging Face ``save_pretrained`` folders: the text file the
-            ``eval_examples`` windows of ``block_size`` tokens are cut from (see
-            :func:`hessnorm.checkpoint.load`).
+        estimators: registered names (list or comma-separated string); default
+            ``spectral,l11``.
+        options: every setting in one :class:`~hessnorm.inputs.AnalyzeOptions`.
+        **settings: the same settings as keywords, for convenience: its fields
+            (``seed``, ``rotation``, ``device``, ``dtype``, ``model``, ``loss``, ``task``,
+            ``batchnorm``, ``eval_resamples``, ``progress``, ``log``), the evaluation set's
+            (``eval_examples``, ``data``, ``data_dir``, ``text``, ``block_size``,
+            ``data_seed``: :class:`~hessnorm.inputs.EvalSet`) and estimator options
+            (``n_cauchy``, ``tol``, ...). They override ``options``.
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank loads the checkpoint and
     keeps a contiguous shard of the evaluation examples
@@ -189,7 +220,11 @@ def analyze(
     same rows, and only rank 0 shows progress and notes.
 
     Returns:
-        One row per (checkpoint, estimator) with columns :data:`hessnorm.results.COLUMNS`.
+        One row per (checkpoint, estimator) with columns :func:`hessnorm.results.columns`;
+        ``details`` holds dicts.
+
+    Raises:
+        ConfigError: an unknown estimator, option or setting, before anything is read.
 
     Example:
         >>> import tempfile, pathlib, torch
@@ -204,140 +239,167 @@ def analyze(
     """
     import pandas as pd
 
-    from hessnorm.checkpoint import expand, load
-    from hessnorm.operator import HessianOperator
-
-    names = parse_estimators(estimators)
-    if isinstance(checkpoints, (str, Path)):
-        checkpoints = [checkpoints]
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
-        dtype = getattr(torch, dtype)
-    out = sys.stderr if log is None else log
-    check_analyze_options(eval_examples=eval_examples, device=device, eval_resamples=eval_resamples)
     from hessnorm import distributed
 
+    opts = _settings(estimators, options, dict(settings))
+    check_analyze_options(device=opts.device)
+    out = sys.stderr if opts.log is None else opts.log
+    progress = opts.progress
     if distributed.rank() != 0:
         out, progress = False, False
 
-    def note(msg):
+    def note(msg: str) -> None:
         if out is not False:
             print(msg, file=out)
 
-    files: list[tuple[Path, str]] = []
-    for c in checkpoints:
-        c = Path(c)
-        if not c.exists():
-            raise ConfigError(f"{c} does not exist")
-        found = expand(c)
-        if not found:
-            raise ConfigError(
-                f"{c} is a folder without checkpoints (ckpt_*.pt of a hessnorm run, nanoGPT's "
-                "ckpt.pt, or sub-folders holding ckpt.pt)"
-            )
-        files += [(f, str(c) if c.is_dir() else str(f.parent)) for f in found]
-
-    rows = []
-    for path, run_name in files:
-        net, batches, loss_fn, meta = load(
-            path,
-            model=model,
-            data=data,
-            loss=loss,
-            task=task,
-            data_dir=data_dir,
-            eval_examples=eval_examples,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            data_seed=data_seed,
-            text=text,
-            block_size=block_size,
-        )
-        note(
-            f"{path}: {meta['kind']} checkpoint (task {meta.get('task')}, step {meta.get('step')})"
-        )
-        note(f"  evaluation data: {describe_eval_data(meta)}")
-        for msg in meta.get("notes", []):
-            note(f"  {msg}")
-        if eval_resamples and meta.get("resample") is None:
-            raise ConfigError(
-                f"--eval-resamples needs evaluation sets that can be redrawn (language models); "
-                f"{path} ({meta['kind']}, task {meta.get('task')}) has one fixed evaluation set"
-            )
-        own_rotation = meta.get("rotation")
-
-        def operator(
-            batches_, net=net, loss_fn=loss_fn, own_rotation=own_rotation, say=lambda msg: None
-        ):
-            # under torch.distributed each rank keeps its shard of every evaluation set
-            batches_ = _rank_shard(net, batches_, batchnorm, say)
-            op_ = HessianOperator.from_module(
-                net, loss_fn, batches_, batchnorm=batchnorm, device=device, dtype=dtype
-            )
-            if own_rotation:
-                op_ = op_.rotated(parse_rotation(own_rotation, op_.d))
-            return op_
-
-        op = operator(batches, say=note)
-        if own_rotation:
-            note(
-                f"  trained with rotated Adam ({spec_string(own_rotation)}): analysing the Hessian of "
-                "L∘R in the run's own rotated coordinates, as paper 000 Table 2 does"
-            )
-        at_point = {"loss": op.loss(), "grad_norm": float(torch.linalg.vector_norm(op.gradient()))}
-        spread = _resample_spread(
-            operator,
-            meta,
-            names,
-            eval_resamples,
-            dict(n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=False),
-            note,
-        )
-        sizes = _tensor_sizes(net, op)
-        for row in analyze_operator(
-            op, names, n_cauchy=n_cauchy, rotation=rotation, seed=seed, tol=tol, progress=progress
-        ):
-            if own_rotation:
-                row["rotation"] = spec_string(own_rotation) + (
-                    f" then {row['rotation']}" if row.get("rotation") not in (None, "none") else ""
-                )
-                # the operator already is R^T H R: name the quantities of L∘R
-                spec = ESTIMATORS[row["estimator"]]
-                row["metric"], row["bound"] = spec.metric_rotated_run, spec.bound_rotated_run
-            row.setdefault("rotation", "none")
-            row.update(
-                checkpoint=str(path),
-                kind=meta["kind"],
-                run=run_name if meta["kind"] in ("hessnorm-run", "nanogpt") else "",
-                task=meta.get("task", ""),
-                optimizer=meta.get("optimizer", ""),
-                step=meta.get("step"),
-                **at_point,
-                **{k: meta.get(k) for k in _DATA_KEYS},
-                **spread.get(row["estimator"], {"eval_resamples": 0}),
-            )
-            row["details"] = _annotate_details(row["estimator"], row["details"], sizes)
-            rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    unused = opts.unused_options()
+    if unused:
+        note(f"note: no selected estimator takes {', '.join(unused)} (ignored)")
+    rows: list[dict] = []
+    for path, run_name in _checkpoint_files(checkpoints):
+        rows += _analyze_checkpoint(path, run_name, opts, note, progress)
+    df = pd.DataFrame(rows, columns=columns())
     df.attrs["spectra"] = {
         spectra_key(row): {"blocks": row["spectra"]} for row in rows if "spectra" in row
     }
     return df
 
 
-def spectra_key(row) -> str:
-    """The sidecar key of a result row: ``"<checkpoint> | <estimator> | <rotation>"``.
-
-    Example:
-        >>> spectra_key({"checkpoint": "r/ckpt_000002.pt", "estimator": "density", "rotation": "none"})
-        'r/ckpt_000002.pt | density | none'
-    """
-    return f"{row['checkpoint']} | {row['estimator']} | {row['rotation']}"
+def _torch_dtype(dtype):
+    if isinstance(dtype, str):
+        return getattr(torch, dtype)
+    return dtype
 
 
-_DATA_KEYS = ("data", "split", "eval_windows", "eval_tokens", "eval_rule", "data_seed")
+def _load(path: Path, opts: AnalyzeOptions):
+    from hessnorm.checkpoint import load
+
+    return load(
+        path,
+        eval_set=opts.eval,
+        model=opts.model,
+        loss=opts.loss,
+        task=opts.task,
+        seed=opts.seed,
+        device=opts.device,
+        dtype=_torch_dtype(opts.dtype),
+    )
+
+
+def _operator_factory(net, loss_fn, info: CheckpointInfo, opts: AnalyzeOptions) -> Callable:
+    """``batches -> operator`` for this checkpoint (its rank's shard; its own rotation)."""
+    from hessnorm.operator import HessianOperator
+
+    def operator(batches, say=lambda msg: None):
+        batches = _rank_shard(net, batches, opts.batchnorm, say)
+        op = HessianOperator.from_module(
+            net,
+            loss_fn,
+            batches,
+            batchnorm=opts.batchnorm,
+            device=opts.device,
+            dtype=_torch_dtype(opts.dtype),
+        )
+        if info.rotation:
+            op = op.rotated(parse_rotation(info.rotation, op.d))
+        return op
+
+    return operator
+
+
+def _announce(path: Path, info: CheckpointInfo, note) -> None:
+    note(f"{path}: {info.kind} checkpoint (task {info.task}, step {info.step})")
+    note(f"  evaluation data: {info.eval.describe()}")
+    for msg in info.notes:
+        note(f"  {msg}")
+    if info.rotation:
+        note(
+            f"  trained with rotated Adam ({spec_string(info.rotation)}): analysing the Hessian "
+            "of L∘R in the run's own rotated coordinates, as paper 000 Table 2 does"
+        )
+
+
+def _announce_cost(selections, per, d: int, grad_seconds: float, note) -> None:
+    """The HVP budget of each estimator and an ETA from the timed gradient."""
+    parts, total, unknown = [], 0, []
+    for sel in selections:
+        cost = sel.spec.cost(per[sel.label], d)
+        if cost is None:
+            unknown.append(sel.label)
+            parts.append(f"{sel.label} (cost known once planned)")
+        else:
+            total += cost
+            parts.append(f"{sel.label} ≤ {cost:,} HVPs")
+    eta = ""
+    if total and grad_seconds > 0:
+        lo, hi = 2 * total * grad_seconds, 3 * total * grad_seconds
+        eta = (
+            f"; one gradient took {grad_seconds:.3g} s and an HVP costs about 2–3 gradients: "
+            f"about {_fmt_duration(lo)}–{_fmt_duration(hi)}"
+            + (" plus " + ", ".join(unknown) if unknown else "")
+        )
+    note(f"  cost: {', '.join(parts)}{eta}")
+
+
+def _fmt_duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _analyze_checkpoint(
+    path: Path, run_name: str, opts: AnalyzeOptions, note, progress: bool
+) -> list[dict]:
+    """The rows of one checkpoint: load, build the operator, run every estimator."""
+    net, batches, loss_fn, info = _load(path, opts)
+    _announce(path, info, note)
+    if opts.eval_resamples and info.resample is None:
+        raise ConfigError(
+            f"--eval-resamples needs evaluation sets that can be redrawn (language models); "
+            f"{path} ({info.kind}, task {info.task}) has one fixed evaluation set"
+        )
+    operator = _operator_factory(net, loss_fn, info, opts)
+    op = operator(batches, say=note)
+    t0 = time.perf_counter()
+    at_point = {"loss": op.loss(), "grad_norm": float(torch.linalg.vector_norm(op.gradient()))}
+    grad_seconds = time.perf_counter() - t0  # the loss and one gradient
+    selections, per = opts.selections(), opts.per_estimator()
+    _announce_cost(selections, per, op.d, grad_seconds / 1.5, note)
+    context = EstimatorContext(checkpoint=info, path=path, model=net)
+    spread = _resample_spread(operator, info, opts, context, note)
+    sizes = _tensor_sizes(net, op)
+    rows = analyze_operator(
+        op,
+        [s.label for s in selections],
+        rotation=opts.rotation,
+        seed=opts.seed,
+        progress=progress,
+        options=opts.estimator_options,
+        context=context,
+        rotated_run=bool(info.rotation),
+    )
+    for row in rows:
+        if info.rotation:
+            row["rotation"] = spec_string(info.rotation) + (
+                f" then {row['rotation']}" if row.get("rotation") not in (None, "none") else ""
+            )
+        row.setdefault("rotation", "none")
+        row.update(
+            checkpoint=str(path),
+            kind=info.kind,
+            run=run_name if info.kind in ("hessnorm-run", "nanogpt") else "",
+            task=info.task or "",
+            optimizer=info.optimizer,
+            step=info.step,
+            **at_point,
+            **info.eval.columns(),
+            **spread.get(row["estimator"], {"eval_resamples": 0}),
+        )
+        if "per_tensor" in row["details"] and sizes:
+            row["details"]["tensor_sizes"] = {k: sizes.get(k) for k in row["details"]["per_tensor"]}
+    return rows
 
 
 def check_analyze_options(*, eval_examples=None, device=None, eval_resamples=0, out=None) -> None:
@@ -352,13 +414,9 @@ def check_analyze_options(*, eval_examples=None, device=None, eval_resamples=0, 
         >>> check_analyze_options(eval_examples=0)
         Traceback (most recent call last):
         ...
-        hessnorm.errors.ConfigError: --eval-examples must be >= 1, got 0 (leave it out for the default: 64 windows for language models)
+        hessnorm.errors.ConfigError: --eval-examples must be >= 1, got 0 (leave it out for the default: 64 windows for language models, the task's evaluation split otherwise)
     """
-    if eval_examples is not None and int(eval_examples) < 1:
-        raise ConfigError(
-            f"--eval-examples must be >= 1, got {eval_examples} (leave it out for the default: "
-            "64 windows for language models)"
-        )
+    EvalSet(windows=eval_examples)
     if int(eval_resamples) < 0 or int(eval_resamples) == 1:
         raise ConfigError(
             f"--eval-resamples must be 0 (off) or >= 2 evaluation sets, got {eval_resamples}"
@@ -399,30 +457,48 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def describe_eval_data(meta: dict) -> str:
-    """One line naming the evaluation set of a checkpoint's rows.
+def describe_eval_data(meta) -> str:
+    """One line naming the evaluation set of a checkpoint's rows (a row or a CheckpointInfo).
 
     Example:
         >>> describe_eval_data({"data": "d/val.bin", "split": "val", "eval_windows": 64,
         ...                     "eval_tokens": 256, "eval_rule": "lm_windows: evenly spaced"})
         'd/val.bin (split val), 64 windows × 256 tokens, lm_windows: evenly spaced'
     """
-    size = f"{meta.get('eval_windows')} examples"
-    if meta.get("eval_tokens"):
-        size = f"{meta.get('eval_windows')} windows × {meta.get('eval_tokens')} tokens"
-    return f"{meta.get('data')} (split {meta.get('split')}), {size}, {meta.get('eval_rule')}"
+    from hessnorm.inputs import EvalData
+
+    if isinstance(meta, CheckpointInfo):
+        return meta.eval.describe()
+    return EvalData(
+        meta.get("data"),
+        meta.get("split"),
+        meta.get("eval_windows"),
+        meta.get("eval_tokens"),
+        meta.get("eval_rule"),
+    ).describe()
 
 
-def _resample_spread(operator, meta, names, k: int, options: dict, note) -> dict:
-    """estimator -> spread columns over ``k`` independent evaluation sets (empty when k = 0)."""
+def _resample_spread(operator, info: CheckpointInfo, opts: AnalyzeOptions, context, note) -> dict:
+    """estimator -> spread columns over ``opts.eval_resamples`` independent evaluation sets."""
+    k = int(opts.eval_resamples)
     if not k:
         return {}
-    values: dict[str, list[float]] = {n: [] for n in names}
+    labels = [s.label for s in opts.selections()]
+    values: dict[str, list[float]] = {n: [] for n in labels}
     for i in range(k):
-        op_i = operator(meta["resample"](i + 1))  # resample 0 is the --data-seed set itself
-        for row in analyze_operator(op_i, names, **options):
+        op_i = operator(info.resample(i + 1))  # resample 0 is the --data-seed set itself
+        rows = analyze_operator(
+            op_i,
+            labels,
+            rotation=opts.rotation,
+            seed=opts.seed,
+            progress=False,
+            options=opts.estimator_options,
+            context=context,
+        )
+        for row in rows:
             values[row["estimator"]].append(float(row["value"]))
-    note(f"  {k} independent evaluation sets: {meta['eval_rule'].split(':')[0]} (resample 1..{k})")
+    note(f"  {k} independent evaluation sets: {info.eval.rule.split(':')[0]} (resample 1..{k})")
     out = {}
     for name, v in values.items():
         t = torch.tensor(v, dtype=torch.float64)
@@ -441,23 +517,6 @@ def _tensor_sizes(net, op) -> dict[str, int]:
         names = [n for n, p in net.named_parameters() if p.requires_grad]
     params = dict(net.named_parameters())
     return {n: int(params[n].numel()) for n in names if n in params}
-
-
-def _annotate_details(estimator: str, details: str, sizes: dict[str, int]) -> str:
-    """Add ``tensor_sizes`` to l11 details; label Lanczos' unconverged ``lambda_min``."""
-    try:
-        d = json.loads(details)
-    except (TypeError, json.JSONDecodeError):
-        return details
-    if not isinstance(d, dict):
-        return details
-    if "per_tensor" in d and sizes:
-        d["tensor_sizes"] = {k: sizes.get(k) for k in d["per_tensor"]}
-    if "lambda_min" in d:
-        # Lanczos stops when the largest |eigenvalue| converged; the smallest Ritz value
-        # at that point is not a converged eigenvalue.
-        d["lambda_min_unconverged"] = d.pop("lambda_min")
-    return json.dumps(d, ensure_ascii=False)
 
 
 def _rank_shard(net, batches, batchnorm: str, note) -> list:
@@ -593,175 +652,64 @@ def smoothness_along_run(
     )
 
 
-def spectra_path(path: str | Path) -> Path:
-    """The spectra sidecar of a results file: ``results.csv`` -> ``results.spectra.json``.
-
-    Example:
-        >>> spectra_path("out/results.csv").as_posix()
-        'out/results.spectra.json'
-    """
-    path = Path(path)
-    return path.with_name(path.stem + ".spectra.json")
-
-
-def write_results(df, path: str | Path) -> Path:
-    """Write results as CSV or JSON (by suffix), atomically.
-
-    When ``df.attrs["spectra"]`` (set by :func:`analyze`) holds densities for rows of
-    ``df``, they are first written, atomically, to :func:`spectra_path` ``(path)`` in
-    the format :data:`hessnorm.results.SPECTRA_FORMAT` (per block: the per-probe SLQ
-    nodes and weights and the broadened density on a grid,
-    :meth:`~hessnorm.estimators.density.SpectralDensity.to_dict`), and those rows'
-    ``details`` gain ``spectra_file`` (the sidecar's name, relative to the results
-    file's folder) and ``spectra_key`` (:func:`spectra_key`).
-
-    Raises:
-        ConfigError: a suffix other than ``.csv`` or ``.json``.
-
-    Example:
-        >>> import tempfile, pathlib, pandas as pd
-        >>> out = write_results(pd.DataFrame({"value": [1.0]}), pathlib.Path(tempfile.mkdtemp()) / "r.csv")
-        >>> out.read_text().split()
-        ['value', '1.0']
-    """
-    from hessnorm._io import atomic_write
-
-    path = Path(path)
-    if path.suffix not in (".csv", ".json"):
-        raise ConfigError(f"--out must end in .csv or .json, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df = _with_spectra_sidecar(df, path)
-    if path.suffix == ".csv":
-        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
-    else:
-        atomic_write(
-            path, lambda tmp: df.to_json(tmp, orient="records", indent=1, force_ascii=False)
-        )
-    return path
-
-
-def _with_spectra_sidecar(df, path: Path):
-    """Write the sidecar of the densities in ``df.attrs`` (if any); rows name it."""
-    import pandas as pd
-
-    from hessnorm._io import atomic_write_bytes
-    from hessnorm.results import SPECTRA_FORMAT
-
-    spectra = df.attrs.get("spectra") or {}
-    if not spectra or df.empty:
-        return df
-    side = spectra_path(path)
-    payload, details = {}, []
-    for row in df.to_dict(orient="records"):
-        key = spectra_key(row)
-        d = json.loads(row["details"]) if isinstance(row["details"], str) else {}
-        if key in spectra:
-            payload[key] = {
-                "checkpoint": str(row["checkpoint"]),
-                "step": None if pd.isna(row["step"]) else int(row["step"]),
-                "estimator": row["estimator"],
-                "rotation": row["rotation"],
-                "run": row["run"],
-                "optimizer": row["optimizer"],
-                "blocks": {str(k): sd.to_dict() for k, sd in spectra[key]["blocks"].items()},
-            }
-            d.update(spectra_file=side.name, spectra_key=key)
-        details.append(json.dumps(d, ensure_ascii=False) if d else row["details"])
-    if not payload:
-        return df
-    doc = {"format": SPECTRA_FORMAT, "results": path.name, "spectra": payload}
-    atomic_write_bytes(side, json.dumps(_jsonable(doc), ensure_ascii=False).encode("utf-8"))
-    out = df.copy()
-    out["details"] = details
-    return out
-
-
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the ``analyze`` options to ``p`` (``hessnorm analyze --help`` lists them).
+
+    The flags are derived: one per field of :class:`~hessnorm.inputs.AnalyzeOptions` and
+    of :class:`~hessnorm.inputs.EvalSet`, and one per option of the registered estimators
+    (:func:`hessnorm.registry.estimator_options`; default: each estimator's own).
 
     Example:
         >>> p = argparse.ArgumentParser()
         >>> configure_parser(p)
         >>> args = p.parse_args(["runs/adam", "--estimators", "spectral,l11", "--seed", "3"])
         >>> args.checkpoints, args.estimators, args.seed, args.n_cauchy
-        (['runs/adam'], 'spectral,l11', 3, 50)
+        (['runs/adam'], 'spectral,l11', 3, None)
     """
+    from hessnorm.cliutil import add_dataclass_arguments
+    from hessnorm.registry import estimator_options, estimators, names
+
     p.description = __doc__.split("Python::")[0].strip()
     p.epilog = _EPILOG
     p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
-    p.add_argument(
-        "--estimators",
-        default=",".join(DEFAULT_ESTIMATORS),
-        help=f"comma-separated, from: {', '.join(ESTIMATORS)}",
+    add_dataclass_arguments(
+        p,
+        AnalyzeOptions,
+        exclude=("estimator_options", "eval", "progress", "log"),
+        choices={
+            "device": ("cpu", "cuda"),
+            "dtype": ("float32", "float64"),
+            "batchnorm": ("batch", "frozen"),
+        },
+        helps={
+            "estimators": f"comma-separated, from: {', '.join(names())}; rotated-NAME for the "
+            "rotated loss (default spectral,l11)"
+        },
     )
-    p.add_argument(
-        "--n-cauchy", type=int, default=50, help="Cauchy probes for (1,1)-norms (default 50)"
+    add_dataclass_arguments(
+        p.add_argument_group("evaluation set (conditions every interval)"),
+        EvalSet,
+        flags={"windows": "--eval-examples"},
+        helps={
+            "windows": f"examples the Hessian averages over (>= 1): windows for language models "
+            f"(default {DEFAULT_LM_WINDOWS} for every format: hessnorm gpt runs, nanoGPT "
+            "ckpt.pt, Hugging Face folders), else the task's evaluation split (default: all of it)"
+        },
     )
-    p.add_argument("--rotation", default=DEFAULT_ROTATION, help="rotation for rotated-* estimators")
-    p.add_argument(
-        "--eval-examples",
-        type=int,
-        default=None,
-        help="examples the Hessian averages over (>= 1; default: 64 windows for language models)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seeds the estimators' random probes only; every interval is conditional on the "
-        "evaluation set (see --data-seed, --eval-resamples)",
-    )
-    p.add_argument(
-        "--data-seed",
-        type=int,
-        default=None,
-        help="language models: draw the evaluation windows at random offsets with this seed "
-        "(default: deterministic lm_windows rule, evenly spaced starts over the val split)",
-    )
-    p.add_argument(
-        "--eval-resamples",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also run each estimator on K >= 2 independent evaluation sets (random offsets "
-        "drawn from --data-seed) and report their spread (eval_sd, eval_min, eval_max): the "
-        "variation the estimator interval does not include; costs K times more",
-    )
-    p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative interval width")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=["float32", "float64"])
-    p.add_argument("--batchnorm", default="batch", choices=["batch", "frozen"])
-    p.add_argument("--model", default=None, help="state_dicts: 'module:factory' building the model")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="state_dicts: 'module:function' returning eval batches; nanoGPT: 'builtin' for "
-        "hessnorm's bundled byte-level corpus (never used unless asked)",
-    )
-    p.add_argument(
-        "--loss", default=None, help="'module:function' batch-mean loss (default cross-entropy)"
-    )
-    p.add_argument(
-        "--task", default=None, help="state_dicts: a trainer task instead of --model/--data"
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="nanoGPT data folder holding val.bin (required for nanoGPT checkpoints unless "
-        "--data builtin)",
-    )
-    p.add_argument(
-        "--text",
-        default=None,
-        help="Hugging Face save_pretrained folders: UTF-8 text file the evaluation windows "
-        "are cut from with the folder's tokenizer (--eval-examples windows, default 16)",
-    )
-    p.add_argument(
-        "--block-size",
-        type=int,
-        default=None,
-        help="Hugging Face folders: tokens per window (default: context length, at most 1024)",
-    )
+    g = p.add_argument_group("estimator options (each applies to every estimator taking it)")
+    for opt in estimator_options().values():
+        users = [s for s in estimators().values() if opt.name in s.option_names]
+        if all(s.argument == opt.name for s in users):
+            continue  # set by the name (blockwise:by_row), not by a flag
+        defaults = sorted({str(s.defaults()[opt.name]) for s in users})
+        g.add_argument(
+            opt.flag,
+            dest=opt.name,
+            type=opt.type if opt.type is not bool else str,
+            choices=opt.choices or None,
+            default=None,
+            help=f"{opt.help} [{', '.join(s.name for s in users)}; default {' / '.join(defaults)}]",
+        )
     p.add_argument(
         "--dist-timeout",
         type=float,
@@ -772,11 +720,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
+def options_from_args(args: argparse.Namespace) -> AnalyzeOptions:
+    """The :class:`~hessnorm.inputs.AnalyzeOptions` of parsed ``hessnorm analyze`` flags."""
+    from hessnorm.cliutil import values_for
+    from hessnorm.registry import estimator_options
+
+    base = values_for(AnalyzeOptions, args)
+    base = {
+        k: v for k, v in base.items() if k not in ("estimator_options", "eval", "progress", "log")
+    }
+    ev = values_for(EvalSet, args)
+    est = {
+        name: getattr(args, name)
+        for name in estimator_options()
+        if getattr(args, name, None) is not None
+    }
+    return AnalyzeOptions(
+        **base,
+        eval=EvalSet(**ev),
+        estimator_options=est,
+        progress=not args.quiet,
+        log=False if args.quiet else None,
+    )
+
+
 _EPILOG = (
     "Language-model evaluation windows (hessnorm gpt runs, nanoGPT ckpt.pt, Hugging Face "
     "folders with --text): n = --eval-examples windows of T+1 consecutive tokens (T = "
     "block size) from the N evaluation tokens, window i starting at floor(i*(N-T-1)/(n-1)) "
     "(integer arithmetic; 0 when n = 1); inputs are its first T tokens, targets its last T. "
+    f"Default n = {DEFAULT_LM_WINDOWS} for every language-model format. "
     "Deterministic by default; --data-seed S draws random window offsets instead, and --eval-resamples K repeats the estimate on K such sets. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
     "... splits the evaluation examples into contiguous shards (gloo on CPUs, NCCL with "
     "--device cuda); every rank computes the same numbers, rank 0 prints and writes --out; "
@@ -828,35 +801,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from hessnorm import distributed
 
-    check_analyze_options(
-        eval_examples=args.eval_examples,
-        device=args.device,
-        eval_resamples=args.eval_resamples,
-        out=args.out,
-    )
-    df = analyze(
-        args.checkpoints,
-        args.estimators,
-        n_cauchy=args.n_cauchy,
-        rotation=args.rotation,
-        eval_examples=args.eval_examples,
-        seed=args.seed,
-        tol=args.tol,
-        device=args.device,
-        dtype=args.dtype,
-        model=args.model,
-        data=args.data,
-        loss=args.loss,
-        task=args.task,
-        data_dir=args.data_dir,
-        batchnorm=args.batchnorm,
-        progress=not args.quiet,
-        log=False if args.quiet else None,
-        data_seed=args.data_seed,
-        eval_resamples=args.eval_resamples,
-        text=args.text,
-        block_size=args.block_size,
-    )
+    check_analyze_options(device=args.device, out=args.out)
+    df = analyze(args.checkpoints, options=options_from_args(args))
     if distributed.rank() != 0:
         return 0
     print(format_table(df))

@@ -46,6 +46,7 @@ from torch import nn
 
 from hessnorm._io import read_state
 from hessnorm.errors import CheckpointError, ConfigError
+from hessnorm.inputs import DEFAULT_LM_WINDOWS, CheckpointInfo, EvalSet
 from hessnorm.train.runs import list_checkpoints, rebuild
 from hessnorm.train.tasks import build_task
 
@@ -189,7 +190,7 @@ def _load_hf(path: Path, *, text, eval_examples, block_size, device, dtype) -> t
     model, batches, info = hf.causal_lm_batches(
         path,
         text,
-        n=16 if eval_examples is None else eval_examples,
+        n=DEFAULT_LM_WINDOWS if eval_examples is None else eval_examples,
         block_size=block_size,
         dtype=torch.float32 if dtype is None else dtype,
         device="cpu" if device is None else device,
@@ -461,7 +462,7 @@ def _drop_mask_buffers(state: Mapping[str, torch.Tensor], model: nn.Module) -> d
 
 def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_seed=None) -> tuple:
     from hessnorm.train.gpt import GPT, GPTConfig, lm_loss
-    from hessnorm.train.tasks import _seeded
+    from hessnorm.train.tasks import seeded
 
     args = dict(ckpt["model_args"])
     notes = check_nanogpt_model_args(args)
@@ -469,9 +470,9 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_se
     config = GPTConfig(**{k: v for k, v in args.items() if k in known})
     if eval_examples is not None and int(eval_examples) < 1:
         raise ConfigError(f"eval_examples must be >= 1, got {eval_examples}")
-    n = int(eval_examples or 64)
+    n = int(eval_examples or DEFAULT_LM_WINDOWS)
     tokens, source, corpus_vocab = _nanogpt_tokens(data_dir, data)
-    model = _seeded(seed, lambda: GPT(config))
+    model = seeded(seed, lambda: GPT(config))
     state = _drop_mask_buffers(_strip_prefix(ckpt["model"]), model)
     model = load_state_into(model, state, "nanoGPT checkpoint")
     T = config.block_size
@@ -577,6 +578,7 @@ def check_best_val_loss(model: nn.Module, batches, meta: Mapping) -> str | None:
 def load(
     path: str | Path,
     *,
+    eval_set: EvalSet | None = None,
     model: str | Callable[[], nn.Module] | None = None,
     data: str | Callable[[], Any] | None = None,
     loss: str | Callable | None = None,
@@ -589,10 +591,16 @@ def load(
     data_seed: int | None = None,
     text: str | Path | None = None,
     block_size: int | None = None,
-) -> tuple[nn.Module, list, Callable, dict]:
-    """Rebuild ``(model, batches, loss_fn, meta)`` from a checkpoint file.
+) -> tuple[nn.Module, list, Callable, CheckpointInfo]:
+    """Rebuild ``(model, batches, loss_fn, info)`` from a checkpoint file.
+
+    The evaluation set is ``eval_set`` (:class:`~hessnorm.inputs.EvalSet`), or built from
+    its fields given as keywords (``data``, ``data_dir``, ``eval_examples`` = windows,
+    ``data_seed``, ``text``, ``block_size``); not both.
 
     Args:
+        eval_set: the evaluation set (one default for every format: 64 windows for
+            language models, the task's evaluation split otherwise).
         path: a hessnorm run checkpoint, a nanoGPT ``ckpt.pt``, a state_dict
             ``.pt``/``.pth`` or a ``.safetensors`` file.
         model: for state_dicts, ``"module:factory"`` building the model (no args).
@@ -618,12 +626,13 @@ def load(
             :func:`hessnorm.train.tasks.lm_windows`).
         block_size: Hugging Face folders only: tokens per window.
 
-    ``meta`` always holds ``kind``, ``task``, ``optimizer``, ``step``, ``rotation``,
-    ``notes`` (list of str) and the evaluation data: ``data``, ``split``,
-    ``eval_windows``, ``eval_tokens``, ``eval_rule``, ``data_seed``; ``resample`` is
-    a function ``k -> batches`` of the k-th independent evaluation set (language
-    models) or None. A nanoGPT checkpoint's recomputed loss is compared with its
-    ``best_val_loss`` (:func:`check_best_val_loss`); a warning goes into ``notes``.
+    ``info`` is a :class:`~hessnorm.inputs.CheckpointInfo`: ``kind``, ``task``,
+    ``optimizer``, ``step``, ``rotation``, ``notes``, the evaluation data used
+    (``info.eval``: data, split, windows, tokens, rule, data seed), ``resample`` (a
+    function ``k -> batches`` of the k-th independent evaluation set for language
+    models, else None) and kind-specific ``extra`` facts. A nanoGPT checkpoint's
+    recomputed loss is compared with its ``best_val_loss`` (:func:`check_best_val_loss`);
+    a warning goes into ``notes``.
 
     Raises:
         CheckpointError: unreadable, unrecognised or mismatched checkpoints.
@@ -634,11 +643,22 @@ def load(
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
         >>> from safetensors.torch import save_file
         >>> save_file(nn.Linear(2, 1).state_dict(), str(p))
-        >>> net, batches, loss_fn, meta = load(p, model=lambda: nn.Linear(2, 1),
+        >>> net, batches, loss_fn, info = load(p, model=lambda: nn.Linear(2, 1),
         ...                                    data=lambda: [(torch.ones(1, 2), torch.zeros(1))])
-        >>> meta["kind"], type(net).__name__
-        ('state_dict', 'Linear')
+        >>> info.kind, info.eval.rule, type(net).__name__
+        ('state_dict', 'as given', 'Linear')
     """
+    ev = _eval_set(
+        eval_set,
+        data=data,
+        data_dir=data_dir,
+        windows=eval_examples,
+        data_seed=data_seed,
+        text=text,
+        block_size=block_size,
+    )
+    data, data_dir, eval_examples = ev.data, ev.data_dir, ev.windows
+    data_seed, text, block_size = ev.data_seed, ev.text, ev.block_size
     path = Path(path)
     if is_hf_folder(path):
         net, batches, loss_fn, meta = _load_hf(
@@ -649,7 +669,7 @@ def load(
             device=device,
             dtype=dtype,
         )
-        return net, batches, loss_fn, {"checkpoint": str(path), **meta}
+        return net, batches, loss_fn, CheckpointInfo.from_loader({"checkpoint": str(path), **meta})
     if path.is_dir():
         raise CheckpointError(
             f"{path} is a run folder; pass one of its checkpoints, or use analyze() for all"
@@ -691,7 +711,20 @@ def load(
         warning = check_best_val_loss(net, batches, meta)
         if warning:
             meta["notes"] = [*meta["notes"], warning]
-    return net, batches, loss_fn, meta
+    return net, batches, loss_fn, CheckpointInfo.from_loader(meta)
+
+
+def _eval_set(eval_set: EvalSet | None, **fields: Any) -> EvalSet:
+    """``eval_set``, or one built from its fields passed to :func:`load` as keywords."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    if eval_set is None:
+        return EvalSet(**given)
+    if given:
+        raise ConfigError(
+            f"pass the evaluation set either as eval_set= or as keywords ({', '.join(given)}), "
+            "not both"
+        )
+    return eval_set
 
 
 def _data_meta(meta: dict, eval_examples, data_seed, batches) -> dict:
@@ -713,7 +746,12 @@ def _data_meta(meta: dict, eval_examples, data_seed, batches) -> dict:
         data = opts.get("data_dir") or f"built-in data of task {meta.get('task')}"
         rule = f"task {meta.get('task')}'s fixed evaluation split"
     else:
-        data = "user data (--data)" if meta.get("task") == "user" else f"task {meta.get('task')}"
+        opts = meta.get("task_options") or {}
+        data = (
+            "user data (--data)"
+            if meta.get("task") == "user"
+            else opts.get("data_dir") or f"task {meta.get('task')}"
+        )
         rule = "as given" if meta.get("task") == "user" else "the task's fixed evaluation split"
     return {
         **meta,
@@ -760,9 +798,20 @@ def _gpt_run_data(meta: dict, eval_examples, data_seed, batches) -> dict:
     }
 
 
+def _task_data_options(task: str, data_dir: str | None) -> dict:
+    """The task options that make ``task`` read its data from ``data_dir`` (if given)."""
+    if data_dir is None:
+        return {}
+    if task == "gpt":
+        return {"data_dir": str(data_dir)}
+    if task == "resnet":
+        return {"dataset": "cifar10", "data_dir": str(data_dir)}
+    raise ConfigError(f"task {task!r} has no data folder; drop --data-dir")
+
+
 def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed):
     if task is not None:
-        t = build_task(task, seed=seed)
+        t = build_task(task, _task_data_options(task, data_dir), seed=seed)
         net = t.model
         load_state_into(net, state, "state_dict")
         batches = t.eval_batches(eval_examples)
@@ -773,6 +822,7 @@ def _user_model(state, *, model, data, loss, task, data_dir, eval_examples, seed
             "optimizer": "unknown",
             "step": None,
             "rotation": None,
+            "task_options": _task_data_options(task, data_dir),
         }
         return net, batches, loss_fn, meta
     if model is None or data is None:

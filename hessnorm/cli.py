@@ -1,4 +1,4 @@
-"""The ``hessnorm`` command: ``train | analyze | report | reproduce | demo``.
+"""The ``hessnorm`` command: ``train | analyze | estimators | report | reproduce | demo``.
 
 Each sub-command lives in its own module exposing ``configure_parser(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so
@@ -16,6 +16,7 @@ from hessnorm.errors import HessnormError
 COMMANDS = {
     "train": ("hessnorm.train.cli", "train a reference model with a chosen optimizer"),
     "analyze": ("hessnorm.analyze", "estimate Hessian norms of checkpoints"),
+    "estimators": ("hessnorm.registry", "list the registered estimators, their options and cost"),
     "report": ("hessnorm.report", "turn runs and analysis results into tables and figures"),
     "reproduce": ("hessnorm.experiments", "reproduce a paper experiment into reports/"),
     "demo": (

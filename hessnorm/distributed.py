@@ -105,7 +105,7 @@ def init_from_env(device: str | None = None, timeout: float = 600.0) -> bool:
     return True
 
 
-def _example_count(batch: Any) -> int:
+def example_count(batch: Any) -> int:
     """Examples in an ``(inputs, targets)`` batch: the first dimension of either tensor.
 
     Also the operator's rule for its batch weights (``hessnorm.operator`` imports it).
@@ -150,7 +150,7 @@ def shard_batches(batches: Sequence[Any], rank: int, world: int, *, whole_batche
     if whole_batches:
         n = len(batches)
         return batches[rank * n // world : (rank + 1) * n // world]
-    sizes = [_example_count(b) for b in batches]
+    sizes = [example_count(b) for b in batches]
     total = sum(sizes)
     lo, hi = rank * total // world, (rank + 1) * total // world
     out, start = [], 0

@@ -24,7 +24,11 @@ class Estimate:
         n_hvp: Hessian-vector products spent.
         seconds: wall-clock time spent.
         d: dimension of the parameter vector.
-        details: estimator-specific extras (per-tensor breakdown, history, ...).
+        details: estimator-specific extras (per-tensor breakdown, history, ...), a dict of
+            plain values (numbers, strings, lists, dicts): what a results file stores.
+        artifacts: richer objects the estimate carries besides its number (the
+            :class:`~hessnorm.estimators.density.SpectralDensity` of each block for the
+            density estimators); not part of the row, not compared, not serialised with it.
 
     Example:
         >>> e = Estimate("spectral_norm", 3.0, 2.5, 3.5, 0.95, n_hvp=10, seconds=0.0, d=4)
@@ -43,6 +47,9 @@ class Estimate:
     seconds: float
     d: int
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    artifacts: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def value_per_dim(self) -> float:

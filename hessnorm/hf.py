@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hessnorm.errors import CheckpointError, ConfigError, HessnormError, MissingDependencyError
+from hessnorm.inputs import DEFAULT_LM_WINDOWS
 from hessnorm.operator import HessianOperator
 from hessnorm.train.tasks import lm_windows
 
@@ -70,7 +71,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.tx
 _DEFAULT_MAX_BLOCK = 1024
 
 
-def _transformers():
+def transformers_module():
     """Import ``transformers`` or say how to install it."""
     try:
         return importlib.import_module("transformers")
@@ -248,7 +249,7 @@ def load_causal_lm(
         >>> [note[:34] for note in info["notes"]]  # GPT-2 configs set dropout; eval mode drops it
         ['config.json sets dropout (attn_pdr', 'weights stored in float32 are eval']
     """
-    tf = _transformers()
+    tf = transformers_module()
     path = _folder(model_dir)
     raw = _read_config(path)
     arch = _check_architecture(tf, raw, path)
@@ -347,7 +348,7 @@ def load_tokenizer(model_dir: str | os.PathLike):
         >>> tok("héllo", add_special_tokens=False)["input_ids"] == list("héllo".encode())
         True
     """
-    tf = _transformers()
+    tf = transformers_module()
     path = Path(model_dir)
     if not path.is_dir():
         raise CheckpointError(f"{str(path)!r} is not a folder")
@@ -538,7 +539,7 @@ def causal_lm_batches(
     model_dir: str | os.PathLike,
     text_path: str | os.PathLike,
     *,
-    n: int = 16,
+    n: int = DEFAULT_LM_WINDOWS,
     block_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 8,
@@ -606,7 +607,7 @@ def hf_operator(
     model_dir: str | os.PathLike,
     text_path: str | os.PathLike,
     *,
-    n: int = 16,
+    n: int = DEFAULT_LM_WINDOWS,
     block_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 8,

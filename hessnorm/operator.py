@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from hessnorm.distributed import _example_count
+from hessnorm.distributed import example_count
 from hessnorm.errors import (
     EmptyDataError,
     NonFiniteError,
@@ -135,7 +135,7 @@ def all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def _math_attention():
+def math_attention():
     """Route scaled-dot-product attention to the math kernel.
 
     The fused kernels (flash, memory-efficient, cuDNN) define neither forward-mode
@@ -166,7 +166,7 @@ _D_PER_VECTOR = 4
 _ACT_PER_GRAPH = 3
 
 
-def _available_memory(device: torch.device) -> int:
+def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors now: ``MemAvailable`` (CPU) or ``mem_get_info`` (CUDA)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -183,7 +183,7 @@ def _available_memory(device: torch.device) -> int:
 
 def _default_budget(device: torch.device) -> int:
     """Default memory budget of one chunk: half the memory available on ``device`` now."""
-    avail = _available_memory(device)
+    avail = available_memory(device)
     if avail < 0:
         return _CPU_BUDGET_FALLBACK
     frac = _CUDA_BUDGET_FRACTION if device.type == "cuda" else _CPU_BUDGET_FRACTION
@@ -569,7 +569,7 @@ class HessianOperator(_Base):
             raise EmptyDataError("data holds no batch: give at least one (inputs, targets) batch")
         moved, weights = [], []
         for inputs, targets in batches:
-            n = _example_count((inputs, targets))
+            n = example_count((inputs, targets))
             if n == 0:
                 continue
             moved.append((_to_device(inputs, device, dtype), _to_device(targets, device, dtype)))
@@ -582,7 +582,7 @@ class HessianOperator(_Base):
             inputs, targets = batch
             views = {n: t.view(shapes[n]) for n, t in zip(names, torch.split(x, splits))}
             args = inputs if isinstance(inputs, tuple) else (inputs,)
-            with _math_attention():
+            with math_attention():
                 out = torch.func.functional_call(net, (views, fixed), args, tie_weights=True)
             return loss_fn(out, targets)
 

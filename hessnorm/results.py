@@ -1,66 +1,45 @@
-"""The estimator registry: everything analyze and report know about an estimator.
+"""Result rows and their files: the columns ``hessnorm analyze`` writes, and the one place
+that serialises and parses them.
 
-One entry per name accepted by ``hessnorm analyze --estimators``; :mod:`hessnorm.analyze`
-runs them and :mod:`hessnorm.report` reads their rows, and both take every label,
-rule and column list from here (nothing is re-derived from label strings).
+In memory a row's ``details`` is a dict of plain values; it becomes JSON text only here,
+when a results file is written (:func:`write_results`), and a dict again only here, when
+one is read (:func:`read_results`). Densities travel next to the results file in a
+sidecar (:func:`spectra_path`, format :data:`SPECTRA_FORMAT`).
 
-==================== =============================================== ===================
-name                  quantity                                       surrogate for
-==================== =============================================== ===================
-spectral              ‖H‖₂ (Lanczos)                                  Φ_AdaSGD: d‖H‖₂
-l11                   ‖H‖₁,₁ (Cauchy medians, paper 000 Alg. 4)       Φ_Adam
-blockwise:by_tensor   S(H, Φ) with one block per parameter tensor     Φ_tensor
-blockwise:by_row      S(H, Φ) with one block per output row           Φ_row
-rotated-l11           ‖RᵀHR‖₁,₁ for the ``rotation`` given            Φ_Adam on L∘R
-rotated-spectral      ‖RᵀHR‖₂ (= ‖H‖₂; a consistency check)           Φ_AdaSGD on L∘R
-==================== =============================================== ===================
-
-The spectrum estimators (``family="spectrum"``) describe H rather than bound a
-smoothness; their rows go to the report's spectrum section, not the norms table:
-
-======================== ========================================================
-name                      row value (interval)
-======================== ========================================================
-trace                     tr(H) by Hutch++ (Student-t)
-density                   tr(H) from the SLQ density (Student-t over probes); the
-                          density itself (per-probe nodes and weights) goes to the
-                          spectra sidecar, λ_max / λ_min / tr(H²)/d to ``details``
-diagonal-share            Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ (union bound); per-tensor shares in details
-rotated-diagonal-share    the same for RᵀHR (rotation moves mass off the diagonal)
-block-spectra:by_tensor   mean pairwise JS distance between the per-tensor SLQ
-                          densities (bootstrap); the densities go to the sidecar
-======================== ========================================================
-
-The sidecar: :func:`hessnorm.analyze.write_results` writes ``<out>.spectra.json``
-next to the results file (format ``hessnorm-spectra/1``, see
-:data:`SPECTRA_FORMAT`) and names it in the row's ``details`` (``spectra_file``,
-relative to the results file's folder, and ``spectra_key``).
-
-The "bound" column names the surrogate H(L, Φ) of paper 000 (Def. 3.9, Lemma C.3):
-a diagonal A with −A ⪯ H ⪯ A whose trace is the bound; it is not claimed to be the
-smallest such quantity. This module imports no torch at import time.
+What an estimator is (its labels, family, per-dimension rule, options) lives in
+:mod:`hessnorm.registry`; the helpers here that need it (:func:`columns`,
+:func:`is_spectrum`, :func:`per_dim_label`) read it from there. This module imports no
+torch at import time.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hessnorm.errors import ConfigError
 
 __all__ = [
-    "EstimatorSpec",
-    "ESTIMATORS",
-    "DEFAULT_ESTIMATORS",
-    "DEFAULT_ROTATION",
     "COLUMNS",
     "EVAL_COLUMNS",
     "NUMERIC_COLUMNS",
-    "parse_estimators",
-    "per_dim_label",
-    "is_spectrum",
+    "DEFAULT_ESTIMATORS",
+    "DEFAULT_ROTATION",
     "SPECTRA_FORMAT",
+    "columns",
+    "is_spectrum",
+    "per_dim_label",
+    "jsonable",
+    "details_to_text",
+    "details_from_text",
+    "write_results",
+    "read_results",
+    "spectra_key",
+    "spectra_path",
+    "read_spectra",
 ]
 
 # Format tag of the spectra sidecar ``<results stem>.spectra.json``: a JSON object
@@ -71,259 +50,6 @@ SPECTRA_FORMAT = "hessnorm-spectra/1"
 
 DEFAULT_ESTIMATORS = ("spectral", "l11")
 DEFAULT_ROTATION = "randperm:depth=2,seed=0"
-
-
-@dataclasses.dataclass(frozen=True)
-class EstimatorSpec:
-    """One estimator of the registry.
-
-    Attributes:
-        name: the name ``analyze`` accepts.
-        metric: the quantity H(L, Φ) whose surrogate the row reports.
-        bound: the surrogate as a formula of the Hessian (``d‖H‖₂``, ``‖H‖₁,₁``, ...).
-        metric_rotated_run, bound_rotated_run: the same labels for a run trained with
-            rotated Adam, whose checkpoints are analysed in the run's own rotated
-            coordinates (the Hessian RᵀHR of L∘R).
-        bound_is_d_times_value: True when the bound is d times the estimate (spectral:
-            bound d‖H‖₂, estimate ‖H‖₂), so the bound per dimension is the value itself;
-            otherwise the bound is the estimate and per dimension it is value / d.
-        rotated: the estimator acts on L∘R for the ``rotation`` argument of analyze.
-        run: ``run(op, n_cauchy=, seed=, tol=, progress=) -> Estimate`` on the (possibly
-            rotated) operator. Spectrum estimators put their densities (block name ->
-            ``SpectralDensity``) in the Estimate's ``details["spectra"]``; analyze moves
-            them out of the row into the sidecar.
-        family: ``"smoothness"`` (a bound H(L, Φ) of paper 000: the norms table) or
-            ``"spectrum"`` (trace, density, diagonal share, block spectra: the spectrum
-            section of the report).
-        ratio: the value is a dimensionless ratio (a share, a JS distance): its "per
-            dimension" value is the value itself, not value / d.
-
-    Example:
-        >>> spec = ESTIMATORS["l11"]
-        >>> spec.name, spec.bound, spec.family, spec.rotated
-        ('l11', '‖H‖₁,₁', 'smoothness', False)
-        >>> import torch
-        >>> est = spec.run(torch.eye(4, dtype=torch.float64), n_cauchy=20, seed=0, tol=1e-4,
-        ...                progress=False)
-        >>> est.name, est.covers(4.0)  # ‖I₄‖₁,₁ = 4
-        ('l11_norm', True)
-    """
-
-    name: str
-    metric: str
-    bound: str
-    metric_rotated_run: str
-    bound_rotated_run: str
-    bound_is_d_times_value: bool
-    rotated: bool
-    run: Callable[..., Any]
-    family: str = "smoothness"
-    ratio: bool = False
-
-    def bound_per_dim(self, value: float, d: int) -> float:
-        """The surrogate divided by d, from the estimate ``value`` and the dimension ``d``.
-
-        Example:
-            >>> ESTIMATORS["spectral"].bound_per_dim(2.0, 10), ESTIMATORS["l11"].bound_per_dim(2.0, 10)
-            (2.0, 0.2)
-        """
-        return value if self.bound_is_d_times_value or self.ratio else value / d
-
-
-def _spectral(op, *, n_cauchy, seed, tol, progress):
-    from hessnorm.estimators.lanczos import spectral_norm
-
-    return spectral_norm(op, tol=tol, seed=seed, progress=progress)
-
-
-def _l11(op, *, n_cauchy, seed, tol, progress):
-    from hessnorm.estimators.cauchy import l11_norm
-
-    return l11_norm(op, n=n_cauchy, seed=seed, progress=progress)
-
-
-def _blockwise(kind: str):
-    def run(op, *, n_cauchy, seed, tol, progress):
-        from hessnorm.estimators.blockwise import blockwise_smoothness
-        from hessnorm.partition import Partition
-
-        return blockwise_smoothness(op, Partition.named(kind, op), seed=seed, progress=progress)
-
-    return run
-
-
-def _trace(op, *, n_cauchy, seed, tol, progress):
-    from hessnorm.estimators.trace import trace
-
-    return trace(op, seed=seed, progress=progress)
-
-
-def _density(op, *, n_cauchy, seed, tol, progress):
-    from hessnorm.estimators.density import spectral_density
-
-    sd = spectral_density(op, seed=seed, progress=progress)
-    est = sd.to_estimate()
-    details = {k: v for k, v in est.details.items() if k not in ("nodes", "weights")}
-    t2 = sd.trace_power(2)
-    details["second_moment_interval"] = (t2.low / op.d, t2.high / op.d)
-    details["spectra"] = {sd.name: sd}
-    return dataclasses.replace(est, name="density", details=details)
-
-
-def _diagonal_share(op, *, n_cauchy, seed, tol, progress):
-    from hessnorm.estimators.diagonal import diagonal_share
-
-    return diagonal_share(op, n_l11=n_cauchy, seed=seed, progress=progress)
-
-
-def _block_spectra(kind: str):
-    def run(op, *, n_cauchy, seed, tol, progress):
-        from hessnorm.errors import SelectionError
-        from hessnorm.estimators.density import block_heterogeneity, block_spectra
-        from hessnorm.operator import HessianOperator
-        from hessnorm.partition import Partition
-
-        if not isinstance(op, HessianOperator):
-            raise SelectionError(
-                f"block-spectra:{kind} needs the model's named parameters, but this Hessian acts "
-                f"on unnamed coordinates ({type(op).__name__}: e.g. a rotated-adam run, analysed "
-                "in its rotated coordinates); drop block-spectra for such runs"
-            )
-
-        # 4 probes x 24 steps per block (the SLQ default is 8 x 32): a by_tensor partition of
-        # GPT-2 (148 tensors) then costs about 148 * 96 = 14k HVPs.
-        spectra = block_spectra(
-            op, Partition.named(kind, op), n_probes=4, steps=24, seed=seed, progress=progress
-        )
-        est = block_heterogeneity(spectra, seed=seed)
-        details = dict(est.details, n_blocks=est.d, partition=kind, spectra=spectra)
-        # d is the operator's dimension in every row (the estimate's d counts blocks)
-        return dataclasses.replace(est, name="block_spectra", d=op.d, details=details)
-
-    return run
-
-
-def _spec(
-    name,
-    metric,
-    bound,
-    metric_rot,
-    bound_rot,
-    d_times,
-    rotated,
-    run,
-    family="smoothness",
-    ratio=False,
-) -> EstimatorSpec:
-    return EstimatorSpec(
-        name, metric, bound, metric_rot, bound_rot, d_times, rotated, run, family, ratio
-    )
-
-
-ESTIMATORS: dict[str, EstimatorSpec] = {
-    s.name: s
-    for s in (
-        _spec(
-            "spectral",
-            "H(L, Φ_AdaSGD)",
-            "d‖H‖₂",
-            "H(L∘R, Φ_AdaSGD)",
-            "d‖RᵀHR‖₂",
-            True,
-            False,
-            _spectral,
-        ),
-        _spec("l11", "H(L, Φ_Adam)", "‖H‖₁,₁", "H(L∘R, Φ_Adam)", "‖RᵀHR‖₁,₁", False, False, _l11),
-        _spec(
-            "blockwise:by_tensor",
-            "H(L, Φ_tensor)",
-            "S(H, Φ)",
-            "H(L∘R, Φ_tensor)",
-            "S(RᵀHR, Φ)",
-            False,
-            False,
-            _blockwise("by_tensor"),
-        ),
-        _spec(
-            "blockwise:by_row",
-            "H(L, Φ_row)",
-            "S(H, Φ)",
-            "H(L∘R, Φ_row)",
-            "S(RᵀHR, Φ)",
-            False,
-            False,
-            _blockwise("by_row"),
-        ),
-        _spec(
-            "rotated-l11",
-            "H(L∘R, Φ_Adam)",
-            "‖RᵀHR‖₁,₁",
-            "H(L∘R, Φ_Adam)",
-            "‖RᵀHR‖₁,₁",
-            False,
-            True,
-            _l11,
-        ),
-        _spec(
-            "rotated-spectral",
-            "H(L∘R, Φ_AdaSGD)",
-            "d‖RᵀHR‖₂",
-            "H(L∘R, Φ_AdaSGD)",
-            "d‖RᵀHR‖₂",
-            True,
-            True,
-            _spectral,
-        ),
-        _spec("trace", "tr(H)", "tr(H)", "tr(RᵀHR)", "tr(RᵀHR)", False, False, _trace, "spectrum"),
-        _spec(
-            "density",
-            "tr(H) by SLQ",
-            "tr(H)",
-            "tr(RᵀHR) by SLQ",
-            "tr(RᵀHR)",
-            False,
-            False,
-            _density,
-            "spectrum",
-        ),
-        _spec(
-            "diagonal-share",
-            "diagonal share",
-            "Σᵢ|Hᵢᵢ| / ‖H‖₁,₁",
-            "diagonal share of RᵀHR",
-            "Σᵢ|(RᵀHR)ᵢᵢ| / ‖RᵀHR‖₁,₁",
-            False,
-            False,
-            _diagonal_share,
-            "spectrum",
-            True,
-        ),
-        _spec(
-            "rotated-diagonal-share",
-            "diagonal share of RᵀHR",
-            "Σᵢ|(RᵀHR)ᵢᵢ| / ‖RᵀHR‖₁,₁",
-            "diagonal share of RᵀHR",
-            "Σᵢ|(RᵀHR)ᵢᵢ| / ‖RᵀHR‖₁,₁",
-            False,
-            True,
-            _diagonal_share,
-            "spectrum",
-            True,
-        ),
-        _spec(
-            "block-spectra:by_tensor",
-            "block heterogeneity (per tensor)",
-            "mean pairwise JS distance",
-            "block heterogeneity of RᵀHR (per tensor)",
-            "mean pairwise JS distance",
-            False,
-            False,
-            _block_spectra("by_tensor"),
-            "spectrum",
-            True,
-        ),
-    )
-}
 
 # The columns of an analyze row, in order (``hessnorm analyze --out`` writes them).
 # ``loss``/``grad_norm``: the mean loss and ‖∇L‖₂ at the checkpoint over the evaluation
@@ -391,51 +117,299 @@ NUMERIC_COLUMNS = (
 )
 
 
-def parse_estimators(estimators: str | Iterable[str]) -> list[str]:
-    """Estimator names from a list or a comma-separated string, checked against the registry.
-
-    Raises:
-        ConfigError: an unknown name, or none at all.
+def columns() -> list[str]:
+    """:data:`COLUMNS` plus the extra columns registered estimators declare, before ``details``.
 
     Example:
-        >>> parse_estimators("spectral, l11")
-        ['spectral', 'l11']
+        >>> columns()[:3], columns()[-1]
+        (['checkpoint', 'kind', 'run'], 'details')
     """
-    names = [
-        e.strip() for e in (estimators.split(",") if isinstance(estimators, str) else estimators)
-    ]
-    names = [e for e in names if e]
-    bad = [e for e in names if e not in ESTIMATORS]
-    if bad or not names:
-        raise ConfigError(
-            f"unknown estimator(s) {bad or names}; choose from {', '.join(ESTIMATORS)}"
-        )
-    return names
+    from hessnorm.registry import estimators
+
+    extra: list[str] = []
+    for spec in estimators().values():
+        extra += [c for c in spec.columns if c not in COLUMNS and c not in extra]
+    return [*COLUMNS[:-1], *extra, COLUMNS[-1]]
+
+
+def is_spectrum(label: str) -> bool:
+    """Whether the estimator named ``label`` (``rotated-`` and ``:ARG`` forms too) is a
+    registered spectrum estimator (trace, density, ...); False for unknown names.
+
+    Example:
+        >>> is_spectrum("trace"), is_spectrum("rotated-diagonal-share"), is_spectrum("l11"), is_spectrum("x")
+        (True, True, False, False)
+    """
+    return family(label) == "spectrum"
+
+
+def family(label: str) -> str | None:
+    """The registered family of an estimator label, or None for unknown names."""
+    from hessnorm.registry import parse_estimators
+
+    try:
+        (sel,) = parse_estimators([label])
+    except ConfigError:
+        return None
+    return sel.spec.family
 
 
 def per_dim_label(bound: str) -> str:
-    """Axis label of the surrogate divided by d: ``"d‖H‖₂"`` -> ``"‖H‖₂"``, else ``"<bound> / d"``.
+    """Axis label of the reported quantity divided by d, from its ``bound`` label.
+
+    ``"d‖H‖₂"`` -> ``"‖H‖₂"``; ratios (diagonal share, JS distance) are their own label;
+    anything else ``"<bound> / d"``.
 
     Example:
         >>> per_dim_label("d‖H‖₂"), per_dim_label("‖H‖₁,₁"), per_dim_label("Σᵢ|Hᵢᵢ| / ‖H‖₁,₁")
         ('‖H‖₂', '‖H‖₁,₁ / d', 'Σᵢ|Hᵢᵢ| / ‖H‖₁,₁')
     """
+    from hessnorm.registry import estimators
+
     bound = bound or "estimate"
-    for spec in ESTIMATORS.values():
-        if spec.ratio and bound in (spec.bound, spec.bound_rotated_run):
-            return bound  # a ratio is its own per-dimension value
-        for b in (spec.bound, spec.bound_rotated_run):
-            if b == bound and spec.bound_is_d_times_value:
-                return b[1:]
+    for spec in estimators().values():
+        for rotated in (False, True):
+            if spec.labels(rotated)[1] == bound:
+                return spec.per_dim_label(rotated)
     return f"{bound} / d"
 
 
-def is_spectrum(name: str) -> bool:
-    """Whether ``name`` is a registered spectrum estimator (trace, density, ...).
+# ---------------------------------------------------------------------- serialisation
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with every value JSON can hold: tensors as lists (``<tensor shape>`` when
+    large), non-finite floats as None, tuples as lists, other objects as their ``str``.
 
     Example:
-        >>> is_spectrum("trace"), is_spectrum("l11"), is_spectrum("unknown")
-        (True, False, False)
+        >>> jsonable({"a": (1, float("nan")), 2: "x"})
+        {'a': [1, None], '2': 'x'}
     """
-    spec = ESTIMATORS.get(name)
-    return spec is not None and spec.family == "spectrum"
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "shape"):  # tensors and arrays
+        n = math.prod(obj.shape) if obj.shape else 1
+        return jsonable(obj.tolist()) if n <= 64 else f"<tensor {tuple(obj.shape)}>"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return jsonable(obj.item())
+    return str(obj)
+
+
+def details_to_text(details: Any) -> str:
+    """A row's details as the JSON text a results file stores (``""`` for none).
+
+    Example:
+        >>> details_to_text({"n": 3}), details_to_text({}), details_to_text(None)
+        ('{"n": 3}', '', '')
+    """
+    if details is None or (isinstance(details, float) and math.isnan(details)):
+        return ""
+    if isinstance(details, str):
+        return details
+    return json.dumps(jsonable(details), ensure_ascii=False) if details else ""
+
+
+def details_from_text(text: Any) -> dict:
+    """The details dict of a stored row (``{}`` when empty or not a JSON object).
+
+    Example:
+        >>> details_from_text('{"n": 3}'), details_from_text(""), details_from_text("[1]")
+        ({'n': 3}, {}, {})
+    """
+    if isinstance(text, Mapping):
+        return dict(text)
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def spectra_key(row: Mapping[str, Any]) -> str:
+    """The sidecar key of a result row: ``"<checkpoint> | <estimator> | <rotation>"``.
+
+    Example:
+        >>> spectra_key({"checkpoint": "r/ckpt_000002.pt", "estimator": "density", "rotation": "none"})
+        'r/ckpt_000002.pt | density | none'
+    """
+    return f"{row['checkpoint']} | {row['estimator']} | {row['rotation']}"
+
+
+def spectra_path(path: str | Path) -> Path:
+    """The spectra sidecar of a results file: ``results.csv`` -> ``results.spectra.json``.
+
+    Example:
+        >>> spectra_path("out/results.csv").as_posix()
+        'out/results.spectra.json'
+    """
+    path = Path(path)
+    return path.with_name(path.stem + ".spectra.json")
+
+
+def write_results(df, path: str | Path) -> Path:
+    """Write result rows as CSV or JSON (by suffix), atomically; details become JSON here.
+
+    When ``df.attrs["spectra"]`` (set by :func:`hessnorm.analyze.analyze`) holds
+    densities for rows of ``df``, they are first written, atomically, to
+    :func:`spectra_path` ``(path)`` in the format :data:`SPECTRA_FORMAT` (per block: the
+    per-probe SLQ nodes and weights and the broadened density on a grid,
+    :meth:`~hessnorm.estimators.density.SpectralDensity.to_dict`), and those rows'
+    ``details`` gain ``spectra_file`` (the sidecar's name, relative to the results
+    file's folder) and ``spectra_key`` (:func:`spectra_key`).
+
+    Raises:
+        ConfigError: a suffix other than ``.csv`` or ``.json``.
+
+    Example:
+        >>> import tempfile, pathlib, pandas as pd
+        >>> out = write_results(pd.DataFrame({"value": [1.0], "details": [{"n": 2}]}),
+        ...                     pathlib.Path(tempfile.mkdtemp()) / "r.csv")
+        >>> out.read_text().splitlines()
+        ['value,details', '1.0,"{""n"": 2}"']
+        >>> read_results(out)["details"].tolist()
+        [{'n': 2}]
+    """
+    from hessnorm._io import atomic_write
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise ConfigError(f"--out must end in .csv or .json, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = _with_spectra_sidecar(df, path)
+    if "details" in df.columns:
+        df = df.copy()
+        df["details"] = [details_to_text(d) for d in df["details"]]
+    if path.suffix == ".csv":
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    else:
+        atomic_write(
+            path, lambda tmp: df.to_json(tmp, orient="records", indent=1, force_ascii=False)
+        )
+    return path
+
+
+def _with_spectra_sidecar(df, path: Path):
+    """Write the sidecar of the densities in ``df.attrs`` (if any); rows name it."""
+    import pandas as pd
+
+    from hessnorm._io import atomic_write_bytes
+
+    spectra = df.attrs.get("spectra") or {}
+    if not spectra or df.empty:
+        return df
+    side = spectra_path(path)
+    payload, details = {}, []
+    for row in df.to_dict(orient="records"):
+        key = spectra_key(row)
+        d = details_from_text(row.get("details"))
+        if key in spectra:
+            payload[key] = {
+                "checkpoint": str(row["checkpoint"]),
+                "step": None if pd.isna(row["step"]) else int(row["step"]),
+                "estimator": row["estimator"],
+                "rotation": row["rotation"],
+                "run": row["run"],
+                "optimizer": row["optimizer"],
+                "blocks": {str(k): sd.to_dict() for k, sd in spectra[key]["blocks"].items()},
+            }
+            d.update(spectra_file=side.name, spectra_key=key)
+        details.append(d)
+    if not payload:
+        return df
+    doc = {"format": SPECTRA_FORMAT, "results": path.name, "spectra": payload}
+    atomic_write_bytes(side, json.dumps(jsonable(doc), ensure_ascii=False).encode("utf-8"))
+    out = df.copy()
+    out["details"] = details
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path} as JSON: {exc}") from exc
+
+
+def read_results(path: str | Path):
+    """Read a results file of ``hessnorm analyze`` (CSV or JSON) as a DataFrame.
+
+    The numeric columns (:data:`NUMERIC_COLUMNS`) are numbers (empty cells NaN), the
+    others as stored, and ``details`` is parsed here into dicts (``{}`` for none).
+
+    Raises:
+        ConfigError: unreadable, or JSON that is not a list of rows.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = _read_json(path)
+        if isinstance(data, dict):  # pandas orient="columns"/"list": {column: values}
+            try:
+                data = pd.DataFrame(data).to_dict(orient="records")
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{path} holds a JSON object that is not a table of results: {exc}"
+                ) from exc
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ConfigError(
+                f"{path} must hold a JSON list of result rows (as written by "
+                "`hessnorm analyze --out results.json`)."
+            )
+        df = pd.DataFrame(data)
+    else:
+        try:
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
+        except (
+            OSError,
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+            UnicodeDecodeError,
+        ) as exc:
+            raise ConfigError(f"cannot read {path} as a CSV results file: {exc}") from exc
+    for c in NUMERIC_COLUMNS:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    if "details" in df.columns:
+        df["details"] = [details_from_text(x) for x in df["details"]]
+    return df
+
+
+def read_spectra(row: Mapping[str, Any], cache: dict | None = None) -> dict | None:
+    """The sidecar entry (``checkpoint, step, estimator, rotation, blocks``) of a result row.
+
+    The row's ``details`` name the sidecar (``spectra_file``, relative to the results
+    file in ``source``) and its ``spectra_key``; ``None`` when the row has no spectra or
+    the file is missing.
+
+    Raises:
+        ConfigError: the file exists but is not a ``hessnorm-spectra/1`` sidecar.
+    """
+    d = details_from_text(row["details"])
+    name, key = d.get("spectra_file"), d.get("spectra_key")
+    if not name or not key:
+        return None
+    source = str(row["source"]) if "source" in row and row["source"] else ""
+    path = (Path(source).parent if source else Path(".")) / str(name)
+    cache = {} if cache is None else cache
+    if path not in cache:
+        if not path.is_file():
+            cache[path] = None
+        else:
+            data = _read_json(path)
+            if not isinstance(data, dict) or data.get("format") != SPECTRA_FORMAT:
+                raise ConfigError(
+                    f"{path} is not a spectra sidecar of `hessnorm analyze` (format "
+                    f"{SPECTRA_FORMAT}); re-run analyze with --out to rewrite it."
+                )
+            cache[path] = data.get("spectra") or {}
+    entries = cache[path]
+    return None if entries is None else entries.get(key)

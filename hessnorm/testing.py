@@ -320,9 +320,9 @@ def tiny_hf_folder(folder, *, n_embd: int = 8, n_layer: int = 1, n_head: int = 2
     """
     from pathlib import Path
 
-    from hessnorm.hf import _transformers
+    from hessnorm.hf import transformers_module
 
-    tf = _transformers()
+    tf = transformers_module()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     folder = Path(folder)

@@ -25,7 +25,7 @@ def test_error_shrinks_like_inverse_sqrt_n(problems):
 
     def rmse(n, seeds):
         errs = torch.tensor(
-            [l11_norm(H, n=n, seed=s, n_boot=0, progress=False).value / truth - 1 for s in seeds]
+            [l11_norm(H, n=n, seed=s, interval=False, progress=False).value / truth - 1 for s in seeds]
         )
         return errs.pow(2).mean().sqrt().item(), errs.mean().item()
 
@@ -69,8 +69,6 @@ def test_errors():
         l11_norm(H, method="mean")
     with pytest.raises(ConfigError, match="confidence"):
         l11_norm(H, confidence=1.5)
-    with pytest.raises(ConfigError, match="n_boot must be >= 0"):
-        l11_norm(H, n_boot=-1)
     with pytest.raises(ConfigError, match="memory_budget"):
         l11_norm(H, memory_budget=0)
     with pytest.raises(ConfigError, match="chunk_size"):
@@ -87,7 +85,7 @@ def test_interval_edge_cases():
     ]
     small_iqr = l11_norm(H, n=9, seed=0, method="iqr", progress=False)
     assert small_iqr.high == float("inf") and "needs n >= 10" in small_iqr.details["interval"]
-    none = l11_norm(H, n=50, seed=0, n_boot=0, progress=False)
+    none = l11_norm(H, n=50, seed=0, interval=False, progress=False)
     assert none.low == none.value == none.high
     zero = l11_norm(torch.zeros(4, 4, dtype=torch.float64), n=20, progress=False)
     assert (zero.value, zero.low, zero.high) == (0.0, 0.0, 0.0)
@@ -107,17 +105,17 @@ def test_probe_stream_is_cauchy_and_independent_of_chunking_and_threads():
     and any start inside a block give the same bits; its entries are standard Cauchy."""
     from scipy import stats
 
-    from hessnorm.estimators.cauchy import _BLOCK, _draw_probes
+    from hessnorm.estimators._common import CAUCHY_BLOCK, cauchy_probes
 
-    d = _BLOCK // 3 + 5  # probes straddle block boundaries at several offsets
-    whole = _draw_probes(11, 0, 7, d)
+    d = CAUCHY_BLOCK // 3 + 5  # probes straddle block boundaries at several offsets
+    whole = cauchy_probes(11, 0, 7, d)
     parts = torch.cat(
-        [_draw_probes(11, 0, 2, d, workers=2), _draw_probes(11, 2, 1, d)]
-        + [_draw_probes(11, i, 1, d, workers=3) for i in range(3, 7)]
+        [cauchy_probes(11, 0, 2, d, workers=2), cauchy_probes(11, 2, 1, d)]
+        + [cauchy_probes(11, i, 1, d, workers=3) for i in range(3, 7)]
     )
     assert torch.equal(whole, parts)
-    assert torch.equal(_draw_probes(11, 0, 7, d, torch.float32), whole.float())
-    assert not torch.equal(_draw_probes(12, 0, 1, d), whole[:1])
+    assert torch.equal(cauchy_probes(11, 0, 7, d, torch.float32), whole.float())
+    assert not torch.equal(cauchy_probes(12, 0, 1, d), whole[:1])
     # Kolmogorov–Smirnov against Cauchy(0, 1) on 10⁵ entries spread over all probes
     sample = whole.view(-1)[:: whole.numel() // 100_000].numpy()
     assert stats.kstest(sample, "cauchy").pvalue > 1e-3
@@ -128,9 +126,9 @@ def test_probe_stream_is_cauchy_and_independent_of_chunking_and_threads():
 
 def test_probe_stream_is_pinned():
     """The probes define every l11 number: a change of stream must be deliberate."""
-    from hessnorm.estimators.cauchy import _draw_probes
+    from hessnorm.estimators._common import cauchy_probes
 
-    v = _draw_probes(0, 0, 2, 3)
+    v = cauchy_probes(0, 0, 2, 3)
     expected = torch.tensor(
         [
             [-27.554951441, -1.0545592765, -2.7390474420],
@@ -159,7 +157,7 @@ def test_probe_store_on_disk_gives_the_same_numbers(problems, tmp_path, monkeypa
     assert disk.details["per_tensor_interval"] == mem.details["per_tensor_interval"]
     assert list(tmp_path.iterdir()) == []  # the file was unlinked at once
     # not enough memory anywhere: the default goes to disk by itself
-    monkeypatch.setattr(cauchy, "_available_memory", lambda dev: 1000)
+    monkeypatch.setattr(cauchy, "available_memory", lambda dev: 1000)
     auto = l11_norm(op, **kw)
     assert auto.details["store"].startswith("disk") and auto.value == mem.value
     with pytest.raises(TooLargeError, match="store_device='disk'"):

@@ -13,9 +13,9 @@ import torch
 
 from hessnorm.estimators import exact
 from hessnorm.estimators.cauchy import (
-    _draw_probes,
     _interval,
     _summarize,
+    cauchy_probes,
     cauchy_scale_bias,
     l11_norm,
 )
@@ -56,7 +56,7 @@ def _cases(problems):
 def _estimates(H, method, seeds=SEEDS, n=N, **kw):
     """(value, low, high) per seed, exactly as l11_norm(H, n=n, seed=s, method=method)."""
     d = H.shape[0]
-    V = torch.cat([_draw_probes(s, 0, n, d) for s in seeds])
+    V = torch.cat([cauchy_probes(s, 0, n, d) for s in seeds])
     Y = (V @ H.T).view(len(seeds), n, d)
     c_n = cauchy_scale_bias(n, method)
     out = []
@@ -114,7 +114,7 @@ def test_se_matches_spread_over_seeds():
     H = torch.diag(torch.linspace(0.1, 5.0, 400, dtype=torch.float64))
     seeds = range(200)
     d, n = 400, N
-    V = torch.cat([_draw_probes(s, 0, n, d) for s in seeds])
+    V = torch.cat([cauchy_probes(s, 0, n, d) for s in seeds])
     Y = (V @ H).view(len(seeds), n, d)
     c_n = cauchy_scale_bias(n)
     vals, se2 = [], []
@@ -185,7 +185,7 @@ def test_per_tensor_and_share_intervals_cover():
         truth = {k: float(rows[s].sum()) for k, s in slices.items()}
         total = sum(truth.values())
         d = H.shape[0]
-        V = torch.cat([_draw_probes(s, 0, N, d) for s in SEEDS])
+        V = torch.cat([cauchy_probes(s, 0, N, d) for s in SEEDS])
         Y = (V @ H).view(len(SEEDS), N, d)
         case_hits = dict.fromkeys(slices, 0) | {f"{k} share": 0 for k in slices}
         for Ys in Y:

@@ -100,7 +100,7 @@ def test_table2_numbers_come_from_the_estimators(gpt_quick):
     assert est.value / op.d == pytest.approx(row.per_dim, rel=1e-5)
     assert row.d == op.d == table2._n_params(table2.configs("cpu", True)[0].model)
     # the rotated-Adam row is the (1,1)-norm of R^T H R with the run's own rotation
-    rrow = norms[(norms.checkpoint_of == "rotated-adam") & (norms.quantity == "rotated_l11")]
+    rrow = norms[(norms.checkpoint_of == "rotated-adam") & (norms.quantity == "rotated-l11")]
     best = runs[(runs.optimizer == "rotated-adam") & runs.best & (runs.seed == 0)].iloc[0]
     ckpt = sorted(Path(best.run).glob("ckpt_*.pt"))[-1]
     model, _, loss_fn, meta = rebuild(ckpt)
@@ -181,14 +181,14 @@ def test_resnet_norms_match_the_exact_hessian(resnet_quick):
         truth = {
             "spectral": float(torch.linalg.eigvalsh(H).abs().max()),
             "l11": float(H.abs().sum()) / op.d,
-            "rotated_l11": float((R.T @ H @ R).abs().sum()) / op.d,
+            "rotated-l11": float((R.T @ H @ R).abs().sum()) / op.d,
         }
         got = norms[norms.checkpoint_of == opt].set_index("quantity")
         # Lanczos' bracket is rigorous (float32 run: allow 1e-4 relative rounding)
         lo, hi = got.loc["spectral", "low_per_dim"], got.loc["spectral", "high_per_dim"]
         assert lo * (1 - 1e-4) <= truth["spectral"] <= hi * (1 + 1e-4)
         # (1,1)-norms: 20 probes; the 95% bootstrap interval must cover the truth
-        for q in ("l11", "rotated_l11"):
+        for q in ("l11", "rotated-l11"):
             lo, hi = got.loc[q, "low_per_dim"], got.loc[q, "high_per_dim"]
             assert lo <= truth[q] <= hi, (opt, q, lo, truth[q], hi)
 

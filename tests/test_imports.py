@@ -6,7 +6,12 @@
 * ``report/`` never imports analyze, the operator or the trainer;
 * nothing in the library imports ``experiments/`` (only the CLI dispatches to it);
 * no library module calls ``matplotlib.use``;
-* ``hessnorm --help`` and ``--version`` import neither torch nor pandas.
+* ``hessnorm --help`` and ``--version`` import neither torch nor pandas;
+* no module of the library, the benchmarks or the examples imports a private (``_``)
+  name from another module (a private *module* such as ``estimators._common`` is a
+  shared home; its public names are the interface);
+* a result row's ``details`` is JSON-parsed only in :mod:`hessnorm.results`, the I/O
+  module (everywhere else it is a dict).
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ def test_estimators_import_only_the_core():
         "hessnorm.rotation",
         "hessnorm.estimate",
         "hessnorm.errors",
+        "hessnorm.registry",  # the registration decorator (imports no estimator back)
+        "hessnorm.cliutil",
     }
     for m in MODULES:
         if m.startswith("hessnorm.estimators"):
@@ -154,3 +161,65 @@ def test_help_and_version_import_nothing_heavy():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert proc.stdout.strip() == "", f"hessnorm --help imported {proc.stdout.strip()}"
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT / pathlib.Path(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _sources():
+    for base in ("hessnorm", "benchmarks", "examples"):
+        yield from sorted((ROOT / base).rglob("*.py"))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    bad = []
+    for path in _sources():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if not node.module.startswith("hessnorm"):
+                continue
+            for a in node.names:
+                private = a.name.startswith("_") and not a.name.startswith("__")
+                if private and not _is_module(f"{node.module}.{a.name}"):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{a.name}")
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_the_private_import_rule_is_real():
+    tree = ast.parse(
+        "from hessnorm.operator import _x, as_operator\nfrom hessnorm.estimators import _common"
+    )
+    names = [(n.module, a.name) for n in tree.body for a in n.names]
+    flagged = [m + "." + a for m, a in names if a.startswith("_") and not _is_module(f"{m}.{a}")]
+    assert flagged == ["hessnorm.operator._x"]
+
+
+def _json_parse_of_details(tree: ast.AST) -> list[int]:
+    """Lines that call json.loads / json.load on an expression naming ``details``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if (
+                f.attr in ("loads", "load")
+                and isinstance(f.value, ast.Name)
+                and f.value.id == "json"
+            ):
+                if any("details" in ast.unparse(a) for a in node.args):
+                    out.append(node.lineno)
+    return out
+
+
+def test_details_are_parsed_only_in_the_io_module():
+    assert _json_parse_of_details(ast.parse("import json\njson.loads(row['details'])")) == [2]
+    bad = []
+    for path in _sources():
+        if path == PKG / "results.py":
+            continue
+        for line in _json_parse_of_details(ast.parse(path.read_text())):
+            bad.append(f"{path.relative_to(ROOT)}:{line}")
+    assert not bad, "details JSON-parsed outside hessnorm/results.py: " + ", ".join(bad)

@@ -289,15 +289,17 @@ def test_density_bar_is_an_upper_bound_when_krylov_closes(bars):
 def test_analyze_passes_its_progress_setting_to_the_spectrum_estimators(bars, progress):
     """``hessnorm analyze --quiet`` runs the rows with progress=False: no bar may show."""
     from hessnorm.operator import HessianOperator
-    from hessnorm.results import ESTIMATORS
+    from hessnorm.registry import parse_estimators
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     x, y = torch.randn(8, 3, dtype=torch.float64), torch.arange(8) % 2
     op = HessianOperator.from_module(net.double(), torch.nn.functional.cross_entropy, (x, y))
-    kw = dict(n_cauchy=10, seed=0, tol=1e-3, progress=progress)
-    for name in ("trace", "density", "diagonal-share", "block-spectra:by_tensor"):
+    for sel in parse_estimators("trace,density,diagonal-share,block-spectra:by_tensor"):
+        name = sel.label
         before = len(bars)
-        ESTIMATORS[name].run(op, **kw)
+        sel.spec.run(
+            op, sel.resolve({"n_cauchy": 10} if name == "diagonal-share" else {}), progress=progress
+        )
         assert len(bars) > before, name
         assert all(b.enabled is progress for b in bars[before:]), name

@@ -108,9 +108,9 @@ print(json.dumps(dict(chunk=chunk, used=status("VmHWM") - base, fixed=fixed,
 
 
 def test_default_budget_follows_available_memory(monkeypatch):
-    monkeypatch.setattr(opmod, "_available_memory", lambda device: 10 * GiB)
+    monkeypatch.setattr(opmod, "available_memory", lambda device: 10 * GiB)
     assert opmod._default_budget(torch.device("cpu")) == 5 * GiB
-    monkeypatch.setattr(opmod, "_available_memory", lambda device: -1)
+    monkeypatch.setattr(opmod, "available_memory", lambda device: -1)
     assert opmod._default_budget(torch.device("cpu")) == 2 * GiB  # /proc unreadable
 
 
@@ -118,11 +118,11 @@ def test_available_memory_reads_meminfo_and_cuda(monkeypatch):
     if os.path.exists("/proc/meminfo"):
         with open("/proc/meminfo") as fh:
             kb = {ln.split(":")[0]: int(ln.split()[1]) for ln in fh}
-        got = opmod._available_memory(torch.device("cpu"))
+        got = opmod.available_memory(torch.device("cpu"))
         assert abs(got - kb["MemAvailable"] * 1024) < 2 * GiB
     # the CUDA branch asks torch.cuda.mem_get_info (faked here: no GPU needed)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * GiB, 80 * GiB))
-    assert opmod._available_memory(torch.device("cuda")) == 8 * GiB
+    assert opmod.available_memory(torch.device("cuda")) == 8 * GiB
     assert opmod._default_budget(torch.device("cuda")) == 4 * GiB
 
 
@@ -258,7 +258,7 @@ def test_gpt2_small_estimator_cost_and_memory():
         + """
 import time
 from hessnorm import l11_norm, spectral_norm
-from hessnorm.estimators.cauchy import _draw_probes
+from hessnorm.estimators._common import cauchy_probes
 torch.manual_seed(0)
 model = GPT(GPTConfig()).eval()
 idx = torch.randint(0, 50304, (2, 129))
@@ -269,7 +269,7 @@ t = time.perf_counter(); op.gradient(); grad = time.perf_counter() - t
 t = time.perf_counter(); e = spectral_norm(op, max_iter=12, tol=1e-12, progress=False)
 spec = (time.perf_counter() - t) / e.n_hvp
 op.release()
-t = time.perf_counter(); _draw_probes(1, 0, 1, op.d, op.dtype, torch.get_num_threads())
+t = time.perf_counter(); cauchy_probes(1, 0, 1, op.d, op.dtype, torch.get_num_threads())
 draw = time.perf_counter() - t
 hvp_times, plain = [], op.hvp
 def timed(v):

@@ -1,6 +1,7 @@
 """The spectrum estimators through analyze (rows, sidecar) and report (tables, figures)."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -8,7 +9,6 @@ import torch
 from torch import nn
 
 import hessnorm as hn
-from hessnorm.analyze import spectra_path, write_results
 from hessnorm.checkpoint import load
 from hessnorm.estimators.density import (
     SpectralDensity,
@@ -19,6 +19,7 @@ from hessnorm.estimators.density import (
 from hessnorm.estimators.diagonal import diagonal_share
 from hessnorm.estimators.trace import trace
 from hessnorm.report import make_report
+from hessnorm.results import read_results, spectra_path, write_results
 from hessnorm.rotation import parse as parse_rotation
 
 NAMES = "trace,density,diagonal-share,rotated-diagonal-share,block-spectra:by_tensor"
@@ -71,7 +72,7 @@ def test_rows_equal_direct_calls(analysed):
     assert rows.loc["rotated-diagonal-share", "rotation"] == "randperm:depth=2,seed=0"
     assert rows.loc["diagonal-share", "bound_per_dim"] == rows.loc["diagonal-share", "value"]
     assert rows.loc["trace", "bound_per_dim"] == pytest.approx(rows.loc["trace", "value"] / 325)
-    per_tensor = json.loads(rows.loc["diagonal-share", "details"])["per_tensor"]
+    per_tensor = rows.loc["diagonal-share", "details"]["per_tensor"]
     assert per_tensor == pytest.approx(direct["diagonal-share"].details["per_tensor"])
 
 
@@ -79,12 +80,12 @@ def test_sidecar_holds_the_densities(analysed):
     tmp, paths, df, out, _ = analysed
     side = spectra_path(out)
     assert side == tmp / "results.spectra.json" and side.is_file()
-    written = pd.read_csv(out)
+    written = read_results(out)  # details parsed where files are read, and only there
     doc = json.loads(side.read_text())
     assert doc["format"] == "hessnorm-spectra/1" and doc["results"] == "results.csv"
     assert len(doc["spectra"]) == 4  # density and block spectra of two checkpoints
     for row in written.itertuples():
-        details = json.loads(row.details)
+        details = row.details
         if row.estimator not in ("density", "block-spectra:by_tensor"):
             assert "spectra_file" not in details
             continue
@@ -122,7 +123,10 @@ def test_report_draws_the_spectrum(analysed):
         src = df[(df["checkpoint"] == r.checkpoint) & (df["estimator"] == r.estimator)].iloc[0]
         assert (r.value, r.low, r.high) == (src["value"], src["low"], src["high"])
         if r.estimator == "density":
-            assert r.lambda_max == json.loads(src["details"])["lambda_max"]
+            assert r.lambda_max == src["details"]["lambda_max"]
+            # the converged λ_min of the density (it used to be renamed away: an empty column)
+            assert r.lambda_min == src["details"]["lambda_min"] and math.isfinite(r.lambda_min)
+            assert f"λ_min ≈ {r.lambda_min:.4g}" in md
             assert f"λ_max ≈ {r.lambda_max:.4g}" in md
         assert f"{r.value:.4g}" in md
     shares = pd.read_csv(rep / "diagonal_share_per_tensor.csv")

@@ -48,9 +48,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.linalg import eig_banded, eigh_tridiagonal, eigvalsh_tridiagonal
+from torch import Tensor
 
-__all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "KrylovBound"]
+__all__ = ["start_radius", "rounding_slack", "tridiag_eig", "norm_lower", "KrylovBound", "ritz"]
 
 
 def start_radius(n: int, delta: float) -> float:
@@ -214,3 +216,16 @@ class KrylovBound:
             else:
                 lo = mid
         return hi
+
+
+def ritz(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Ritz values (ascending), eigenvectors of T and residual norms β_m |s_m|, float64."""
+    a = alpha.double().cpu().numpy()
+    b = beta.double().cpu().numpy()
+    theta, S = tridiag_eig(a, b)
+    resid = abs(b[-1]) * np.abs(S[-1])
+    return (
+        torch.from_numpy(theta),
+        torch.from_numpy(np.ascontiguousarray(S)),
+        torch.from_numpy(resid),
+    )

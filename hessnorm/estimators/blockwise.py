@@ -38,8 +38,10 @@ runs that could exceed it, and the progress bar counts HVPs against it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -49,13 +51,15 @@ from hessnorm.estimate import Estimate
 from hessnorm.estimators._krylov import (
     KrylovBound,
     norm_lower,
+    ritz,
     rounding_slack,
     start_radius,
 )
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.estimators.lanczos import _ritz, lanczos, spectral_norm
+from hessnorm.estimators.lanczos import lanczos, spectral_norm
 from hessnorm.operator import as_operator
 from hessnorm.partition import Partition
+from hessnorm.registry import register_estimator
 
 __all__ = ["blockwise_smoothness"]
 
@@ -322,24 +326,38 @@ def _rename(e: Estimate, t0: float, extra: dict) -> Estimate:
     )
 
 
-def _per_pair(
-    op,
-    partition,
-    seed,
-    confidence,
-    pair_tol,
-    max_iter,
-    threshold,
-    pairs,
-    budget,
-    dry_run,
-    progress,
-    t0,
-):
-    B, d = partition.n_blocks, op.d
-    blocks = partition.blocks()
+@dataclasses.dataclass
+class _PairPlan:
+    """Which block columns are probed exactly and which pairs get random-start runs."""
+
+    sizes: list[int]
+    exact_cols: list[bool]
+    large: list[int]
+    diag_pairs: list[tuple[int, int]]
+    off_pairs: list[tuple[int, int]]
+    bracket: bool
+    m_off: int
+    max_iter: int
+    summary: dict
+
+    def steps(self, n: int) -> int:
+        return min(self.max_iter, n)
+
+    @property
+    def n_random(self) -> int:
+        """Random upper bounds the union bound is split over."""
+        measured = len(self.diag_pairs) + (self.m_off if self.bracket else len(self.off_pairs))
+        return measured + (len(self.large) if self.bracket else 0)
+
+
+def _plan_pairs(partition, max_iter: int, threshold: int, pairs) -> _PairPlan:
+    """The cost plan: exact columns where cheaper than the random runs they settle."""
+    B = partition.n_blocks
     sizes = partition.sizes.tolist()
-    steps = lambda n: min(max_iter, n)  # noqa: E731
+
+    def steps(n):
+        return min(max_iter, n)
+
     exact_cols = [s <= threshold for s in sizes]
     if pairs == "all":
         # Probe a block column exactly when its d_b' HVPs cost less than the planned
@@ -356,8 +374,10 @@ def _per_pair(
     off_pairs = [(a, b) for i, a in enumerate(large) for b in large[i + 1 :]]
     bracket = pairs != "all" and len(off_pairs) > pairs
     n_exact = sum(s for s, e in zip(sizes, exact_cols) if e)
-    off_cost = lambda a, b: 2 * steps(min(sizes[a], sizes[b]))  # noqa: E731
-    plan_random = diag_pairs + ([] if bracket else off_pairs)
+
+    def off_cost(a, b):
+        return 2 * steps(min(sizes[a], sizes[b]))
+
     col_cost = sum(2 * steps(sizes[j]) + 1 for j in large) if bracket else 0
     m_off = int(pairs) if bracket else 0
     # the measured off-diagonal pairs are chosen later; plan with the most expensive ones
@@ -368,24 +388,135 @@ def _per_pair(
         + (sum(worst_off) if bracket else sum(off_cost(a, b) for a, b in off_pairs))
         + col_cost
     )
-    n_random = len(plan_random) + (len(large) + m_off if bracket else 0)
-    plan = {
+    summary = {
         "n_hvp_max": int(n_max),
         "exact_columns": int(sum(exact_cols)),
         "random_pairs": len(diag_pairs) + (m_off if bracket else len(off_pairs)),
         "bracketed_pairs": len(off_pairs) - m_off if bracket else 0,
         "column_bounds": len(large) if bracket else 0,
     }
+    return _PairPlan(
+        sizes, exact_cols, large, diag_pairs, off_pairs, bracket, m_off, max_iter, summary
+    )
+
+
+@dataclasses.dataclass
+class _PairBounds:
+    """Running bounds low ≤ ‖H_{b,b'}‖₂ ≤ high for every block pair, and the HVPs spent."""
+
+    low: Tensor
+    high: Tensor
+    n_hvp: int = 0
+
+    def tighten(self, a: int, b: int, lo: float, hi: float) -> None:
+        self.low[a, b] = self.low[b, a] = max(float(self.low[a, b]), lo)
+        self.high[a, b] = self.high[b, a] = min(float(self.high[a, b]), hi)
+
+
+def _exact_columns(op, partition, plan: _PairPlan, bounds: _PairBounds, labels, bar) -> None:
+    """Identity columns for the small blocks, many blocks per batched HVP call."""
+    blocks, sizes, B, d = partition.blocks(), plan.sizes, partition.n_blocks, op.d
+    low, high = bounds.low, bounds.high
+    group: list[int] = []
+    exact_ids = [j for j in range(B) if plan.exact_cols[j]]
+    for pos, j in enumerate(exact_ids):
+        group.append(j)
+        if sum(sizes[i] for i in group) < 256 and pos + 1 < len(exact_ids):
+            continue
+        idx = torch.cat([blocks[i] for i in group]).to(op.device)
+        Y = op.hvp(_embed(torch.eye(len(idx), dtype=torch.float64), idx, d, op.dtype, op.device))
+        bounds.n_hvp += len(idx)
+        bar.update(len(idx))
+        start = 0
+        for i in group:
+            col = _block_col_norms(Y[start : start + sizes[i]].T, labels, B).cpu()
+            low[:, i] = torch.maximum(low[:, i], col)
+            low[i, :] = torch.maximum(low[i, :], col)
+            high[:, i] = low[:, i]
+            high[i, :] = low[i, :]
+            start += sizes[i]
+        group = []
+
+
+def _column_brackets(op, partition, plan, bounds, labels, seeds, delta, eta, tol, bar) -> None:
+    """Bracket every off-diagonal pair of large blocks by block-column bounds."""
+    blocks, B, d = partition.blocks(), partition.n_blocks, op.d
+    for j in plan.large:
+        cols = blocks[j].to(op.device)
+        bop = _BlockOp(op, cols, "all", bar)
+        st = lanczos(
+            bop,
+            max_iter=plan.steps(plan.sizes[j]),
+            seed=int(seeds[B * B + j]),
+            keep_basis=True,
+            stop_tridiag=_stopper(bop.d, delta, tol),
+        )
+        _, c_high = _pair_bound_from_state(st, bop.d, delta, eta)
+        theta, S, _ = ritz(st.alpha, st.beta)
+        y = st.basis.combine(S[:, -1:].T)[0].to(op.dtype)
+        st.basis.close()
+        Y = bop._full(_embed(y[:, None], cols, d, op.dtype, op.device)[0])
+        bounds.n_hvp += bop.n_hvp
+        col_low = _block_col_norms(Y[:, None], labels, B).cpu() / (1 + eta)
+        for a, b in plan.off_pairs:
+            if j in (a, b):
+                other = b if j == a else a
+                bounds.tighten(a, b, float(col_low[other]), c_high)
+
+
+def _measure_pairs(op, partition, plan, bounds, measured, seeds, delta, eta, tol, bar) -> None:
+    """Random-start Lanczos (diagonal) / Golub–Kahan (off-diagonal) bounds per pair."""
+    blocks, sizes, B = partition.blocks(), plan.sizes, partition.n_blocks
+    for a, b in measured:
+        if a == b:
+            bop = _BlockOp(op, blocks[a].to(op.device), None, bar)
+        elif sizes[a] <= sizes[b]:  # Aᵀ A over the smaller block a, A = H[b, a]
+            bop = _BlockOp(op, blocks[a].to(op.device), blocks[b].to(op.device), bar)
+        else:
+            bop = _BlockOp(op, blocks[b].to(op.device), blocks[a].to(op.device), bar)
+        lo_ab, hi_ab, _ = _pair_bound(
+            bop,
+            symmetric=a == b,
+            tol=tol,
+            max_iter=plan.steps(bop.d),
+            seed=int(seeds[a * B + b]),
+            delta=delta,
+            eta=eta,
+        )
+        bounds.n_hvp += bop.n_hvp
+        bounds.tighten(a, b, lo_ab, hi_ab)
+
+
+def _per_pair(
+    op,
+    partition,
+    seed,
+    confidence,
+    pair_tol,
+    max_iter,
+    threshold,
+    pairs,
+    budget,
+    dry_run,
+    progress,
+    t0,
+):
+    """The general path: plan, exact columns, brackets, per-pair bounds, the sum."""
+    B, d = partition.n_blocks, op.d
+    plan = _plan_pairs(partition, max_iter, threshold, pairs)
     if dry_run:
-        return plan
+        return plan.summary
+    n_max = plan.summary["n_hvp_max"]
     _check_budget(budget, n_max, "blockwise_smoothness")
-    delta = (1.0 - confidence) / max(1, n_random)
+    delta = (1.0 - confidence) / max(1, plan.n_random)
     eta = rounding_slack(d, torch.finfo(op.dtype).eps)
     labels = partition.labels.to(op.device)
-    low = torch.zeros(B, B, dtype=torch.float64)
-    high = torch.full((B, B), math.inf, dtype=torch.float64)
-    n_hvp = 0
+    bounds = _PairBounds(
+        torch.zeros(B, B, dtype=torch.float64), torch.full((B, B), math.inf, dtype=torch.float64)
+    )
     seeds = torch.randint(0, 2**62, (B * B + B + 1,), generator=torch.Generator().manual_seed(seed))
+    root = partition.sizes.double().sqrt()
+    w = root[:, None] * root[None, :]
     with progress_bar(
         n_max,
         "blockwise_smoothness (HVPs, at most)",
@@ -394,96 +525,42 @@ def _per_pair(
         advice="a coarser partition, pairs='diagonal' or a small int (top-m pairs), "
         "a looser pair_tol or a smaller max_pair_iter; dry_run=True shows the plan",
     ) as bar:
-        # 1. exact block columns: identity columns, many blocks per batched HVP call
-        group: list[int] = []
-        exact_ids = [j for j in range(B) if exact_cols[j]]
-        for pos, j in enumerate(exact_ids):
-            group.append(j)
-            if sum(sizes[i] for i in group) < 256 and pos + 1 < len(exact_ids):
-                continue
-            idx = torch.cat([blocks[i] for i in group]).to(op.device)
-            Y = op.hvp(
-                _embed(torch.eye(len(idx), dtype=torch.float64), idx, d, op.dtype, op.device)
-            )
-            n_hvp += len(idx)
-            bar.update(len(idx))
-            start = 0
-            for i in group:
-                col = _block_col_norms(Y[start : start + sizes[i]].T, labels, B).cpu()
-                low[:, i] = torch.maximum(low[:, i], col)
-                low[i, :] = torch.maximum(low[i, :], col)
-                high[:, i] = low[:, i]
-                high[i, :] = low[i, :]
-                start += sizes[i]
-            group = []
+        _exact_columns(op, partition, plan, bounds, labels, bar)
         slack = 1000 * torch.finfo(op.dtype).eps  # exact columns: rounding of the HVPs
-        high = torch.where(torch.isfinite(high), high * (1 + slack + eta), high)
-        low = low / (1 + eta)
-        root = partition.sizes.double().sqrt()
-        w = root[:, None] * root[None, :]
-        # 2. block-column bounds for bracketed pairs
-        measure_off = off_pairs
-        if bracket:
-            for j in large:
-                cols = blocks[j].to(op.device)
-                bop = _BlockOp(op, cols, "all", bar)
-                st = lanczos(
-                    bop,
-                    max_iter=steps(sizes[j]),
-                    seed=int(seeds[B * B + j]),
-                    keep_basis=True,
-                    stop_tridiag=_stopper(bop.d, delta, pair_tol),
-                )
-                _, c_high = _pair_bound_from_state(st, bop.d, delta, eta)
-                theta, S, _ = _ritz(st.alpha, st.beta)
-                y = st.basis.combine(S[:, -1:].T)[0].to(op.dtype)
-                st.basis.close()
-                Y = bop._full(_embed(y[:, None], cols, d, op.dtype, op.device)[0])
-                n_hvp += bop.n_hvp
-                col_low = _block_col_norms(Y[:, None], labels, B).cpu() / (1 + eta)
-                for a, b in off_pairs:
-                    if j in (a, b):
-                        other = b if j == a else a
-                        low[a, b] = low[b, a] = max(float(low[a, b]), float(col_low[other]))
-                        high[a, b] = high[b, a] = min(float(high[a, b]), c_high)
+        high = bounds.high
+        bounds.high = torch.where(torch.isfinite(high), high * (1 + slack + eta), high)
+        bounds.low = bounds.low / (1 + eta)
+        measured = plan.off_pairs
+        if plan.bracket:
+            _column_brackets(op, partition, plan, bounds, labels, seeds, delta, eta, pair_tol, bar)
             # measure the m pairs with the largest weighted upper bracket
-            measure_off = sorted(off_pairs, key=lambda p: -float(w[p] * high[p]))[:m_off]
-        # 3. per-pair random-start Lanczos / Golub–Kahan bounds
-        for a, b in diag_pairs + list(measure_off):
-            if a == b:
-                bop = _BlockOp(op, blocks[a].to(op.device), None, bar)
-            elif sizes[a] <= sizes[b]:  # Aᵀ A over the smaller block a, A = H[b, a]
-                bop = _BlockOp(op, blocks[a].to(op.device), blocks[b].to(op.device), bar)
-            else:
-                bop = _BlockOp(op, blocks[b].to(op.device), blocks[a].to(op.device), bar)
-            lo_ab, hi_ab, _ = _pair_bound(
-                bop,
-                symmetric=a == b,
-                tol=pair_tol,
-                max_iter=steps(bop.d),
-                seed=int(seeds[a * B + b]),
-                delta=delta,
-                eta=eta,
-            )
-            n_hvp += bop.n_hvp
-            low[a, b] = low[b, a] = max(float(low[a, b]), lo_ab)
-            high[a, b] = high[b, a] = min(float(high[a, b]), hi_ab)
-        bar.set_total(n_hvp)
+            measured = sorted(plan.off_pairs, key=lambda p: -float(w[p] * bounds.high[p]))
+            measured = measured[: plan.m_off]
+        _measure_pairs(
+            op, partition, plan, bounds, plan.diag_pairs + list(measured), seeds, delta, eta,
+            pair_tol, bar,
+        )  # fmt: skip
+        bar.set_total(bounds.n_hvp)
+    return _blockwise_estimate(partition, plan, bounds, w, confidence, pair_tol, eta, t0, d)
+
+
+def _blockwise_estimate(partition, plan, bounds, w, confidence, pair_tol, eta, t0, d):
+    low, high = bounds.low, bounds.high
     S_value = float((w * low).sum())
     S_high = float((w * high).sum())
     sz = partition.sizes.double()
-    all_exact = not large
+    all_exact = not plan.large
     details = {
         "method": "exact block columns" if all_exact else "per-pair random-start Lanczos bounds",
-        "n_blocks": B,
+        "n_blocks": partition.n_blocks,
         "diagonal_part": float((sz * low.diagonal()).sum()),
         "diagonal_part_high": float((sz * high.diagonal()).sum()),
-        "exact_blocks": int(sum(exact_cols)),
+        "exact_blocks": int(sum(plan.exact_cols)),
         "pair_tol": pair_tol,
         "rounding": eta,
-        **plan,
+        **plan.summary,
     }
-    if B <= 256:
+    if partition.n_blocks <= 256:
         details["block_norms"] = low.tolist()
     return Estimate(
         name="blockwise_smoothness",
@@ -491,8 +568,35 @@ def _per_pair(
         low=S_value,
         high=S_high,
         confidence=1.0 if all_exact else confidence,
-        n_hvp=n_hvp,
+        n_hvp=bounds.n_hvp,
         seconds=time.perf_counter() - t0,
         d=d,
         details=details,
     )
+
+
+@register_estimator(
+    "blockwise",
+    metric="H(L, Φ_{partition})",
+    bound="S(H, Φ)",
+    metric_rotated="H(L∘R, Φ_{partition})",
+    bound_rotated="S(RᵀHR, Φ)",
+    argument="partition",
+)
+def blockwise_entry(
+    op,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    partition: Literal["by_tensor", "by_row", "coordinates", "single"] = "by_tensor",
+) -> Estimate:
+    """S(H, Φ) for a named partition with per-pair random-start bounds (:func:`blockwise_smoothness`).
+
+    The row's metric names the partition (``H(L, Φ_by_tensor)`` for ``blockwise:by_tensor``).
+
+    Args:
+        partition: the parameter partition Φ (``Partition.named``): one block per tensor,
+            per output row, per coordinate, or a single block.
+    """
+    est = blockwise_smoothness(op, Partition.named(partition, op), seed=seed, progress=progress)
+    return dataclasses.replace(est, details={**est.details, "partition": partition})

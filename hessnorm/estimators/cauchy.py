@@ -99,9 +99,11 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
-from hessnorm.estimators._disk import read_into, tensor_bytes, unlinked_file, write_all
+from hessnorm.estimators._common import cauchy_probes, default_chunk, t_quantile
+from hessnorm.estimators._disk import DiskRows
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import _available_memory, all_finite, as_operator
+from hessnorm.operator import all_finite, as_operator, available_memory
+from hessnorm.registry import register_estimator
 
 __all__ = ["l11_norm", "cauchy_scale_bias"]
 
@@ -294,125 +296,8 @@ def _theorem_d2_rel_error(n: int, d: int, confidence: float) -> float:
     return eps
 
 
-# The probe stream. Entry j of probe i is tan(π(u − ½)) with u the (i·d + j)-th float64
-# of a counter-based Philox4x64 stream keyed by the seed. The stream is cut into blocks
-# of _BLOCK values, block b starting at counter b·2⁶⁴, so any range of it can be drawn
-# on its own: chunks of probes and blocks drawn in parallel threads give the same bits.
-# _BLOCK is part of the definition of the probes: changing it changes every l11 number.
-_BLOCK = 1 << 20
-
-
-def _probe_key(seed: int) -> int:
-    """The Philox key of ``seed`` (any Python int; negative seeds wrap modulo 2¹²⁸)."""
-    return int(seed) % (1 << 128)
-
-
-def _fill_block(key: int, b: int, lo: int, hi: int, out: Tensor) -> None:
-    """Write the Cauchy values at stream positions [lo, hi) of block b into ``out``."""
-    import numpy as np
-
-    bits = np.random.Philox(key=key, counter=b << 64)
-    off = lo - b * _BLOCK
-    bits.advance(off // 4)  # Philox gives 4 values per counter step
-    gen = np.random.Generator(bits)
-    if off % 4:
-        gen.random(off % 4)
-    u = gen.random(hi - lo)
-    np.subtract(u, 0.5, out=u)
-    np.multiply(u, math.pi, out=u)
-    np.tan(u, out=u)
-    out.copy_(torch.from_numpy(u))
-
-
-def _draw_probes(
-    seed: int, first: int, k: int, d: int, dtype: torch.dtype = torch.float64, workers: int = 1
-) -> Tensor:
-    """Probes first … first + k − 1 of ``seed`` as a (k, d) CPU tensor in ``dtype``.
-
-    Standard Cauchy entries computed in float64 and rounded once to ``dtype``. The
-    blocks are filled by ``workers`` threads (numpy releases the GIL); the bits do
-    not depend on ``workers``, ``k`` or ``first``'s chunking. About 8 ns per entry
-    on one core (1 s per probe at d = 1.24·10⁸).
-    """
-    key = _probe_key(seed)
-    out = torch.empty(k, d, dtype=dtype)
-    flat = out.view(-1)
-    p0, p1 = first * d, (first + k) * d
-    if p1 <= p0:
-        return out
-    jobs = []
-    for b in range(p0 // _BLOCK, (p1 - 1) // _BLOCK + 1):
-        lo, hi = max(p0, b * _BLOCK), min(p1, (b + 1) * _BLOCK)
-        jobs.append((b, lo, hi))
-    if workers <= 1 or len(jobs) == 1:
-        for b, lo, hi in jobs:
-            _fill_block(key, b, lo, hi, flat[lo - p0 : hi - p0])
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            futures = [
-                pool.submit(_fill_block, key, b, lo, hi, flat[lo - p0 : hi - p0])
-                for b, lo, hi in jobs
-            ]
-            for f in futures:
-                f.result()
-    return out
-
-
-class _DiskRows:
-    """An (n, d) matrix in an unlinked temporary file: rows written, column slices read.
-
-    All n·d·b bytes are reserved before the first HVP (``posix_fallocate``), so a disk
-    too small is a :class:`~hessnorm.errors.TooLargeError` up front, not after an hour
-    of HVPs. Rows are written with ``pwrite``; a column slice [c0, c1) is read with one
-    ``preadv`` per row into a fresh (n, c1 − c0) tensor, so resident memory holds one
-    slice, not the matrix (the kernel's page cache may keep the file while RAM is free).
-    """
-
-    def __init__(self, n: int, d: int, dtype: torch.dtype, directory=None) -> None:
-        self.shape, self.dtype, self.device = (n, d), dtype, torch.device("cpu")
-        self.item = torch.empty((), dtype=dtype).element_size()
-        self.row_bytes = d * self.item
-        fd, self.directory, self._finalizer = unlinked_file(
-            self, "hessnorm-l11-", ".probes", directory
-        )
-        self.fd = fd
-        total = n * self.row_bytes
-        try:
-            if hasattr(os, "posix_fallocate") and total > 0:
-                os.posix_fallocate(fd, 0, total)
-        except OSError as exc:
-            self.close()
-            raise TooLargeError(
-                f"l11_norm: cannot reserve {total / 1e9:.1f} GB on disk in {self.directory} "
-                f"for the {n} × {d:,} probe results: {exc}. Free disk space, pass "
-                f"store_device=pathlib.Path(...) on a larger disk, use "
-                f"store_dtype=torch.bfloat16 (half the bytes) or fewer probes (n)."
-            ) from exc
-
-    def write(self, start: int, rows: Tensor) -> None:
-        data = rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
-        try:
-            write_all(self.fd, tensor_bytes(data), start * self.row_bytes)
-        except OSError as exc:
-            raise TooLargeError(
-                f"l11_norm: writing probe results to {self.directory} failed: {exc}"
-            ) from exc
-
-    def columns(self, c0: int, c1: int) -> Tensor:
-        n = self.shape[0]
-        out = torch.empty(n, c1 - c0, dtype=self.dtype)
-        for i in range(n):
-            read_into(self.fd, tensor_bytes(out[i]), i * self.row_bytes + c0 * self.item)
-        return out
-
-    def close(self) -> None:
-        self._finalizer()
-
-
 def _columns(Y, c0: int, c1: int) -> Tensor:
-    return Y.columns(c0, c1) if isinstance(Y, _DiskRows) else Y[:, c0:c1]
+    return Y.columns(c0, c1) if isinstance(Y, DiskRows) else Y[:, c0:c1]
 
 
 def _is_disk(store_device) -> bool:
@@ -433,7 +318,7 @@ def _store_plan(n: int, d: int, dtype: torch.dtype, store_device, op_device):
         return store_device
     if store_device is not None:
         dev = torch.device(store_device)
-        avail = _available_memory(dev)
+        avail = available_memory(dev)
         if 0 <= avail < need:
             raise TooLargeError(
                 f"l11_norm: the {n} × {d:,} probe results take {need / 1e9:.1f} GB but {dev} "
@@ -442,7 +327,7 @@ def _store_plan(n: int, d: int, dtype: torch.dtype, store_device, op_device):
             )
         return dev
     for dev in dict.fromkeys([torch.device(op_device), torch.device("cpu")]):
-        avail = _available_memory(dev)
+        avail = available_memory(dev)
         if avail < 0 or need <= avail // 2:
             return dev
     return "disk"
@@ -463,7 +348,16 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     d = op.d
     if _is_disk(store_device):
         where = None if isinstance(store_device, str) else store_device
-        Y = _DiskRows(n, d, store_dtype, where)
+        Y = DiskRows(
+            d,
+            store_dtype,
+            where,
+            prefix="hessnorm-l11-",
+            suffix=".probes",
+            reserve=n,
+            advice="Free disk space, pass store_device=pathlib.Path(...) on a larger disk, use "
+            "store_dtype=torch.bfloat16 (half the bytes) or fewer probes (n).",
+        )
     else:
         Y = torch.empty(n, d, dtype=store_dtype, device=store_device)
     starts = list(range(0, n, chunk_size))
@@ -480,7 +374,7 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     ):
 
         def draw(start):
-            return _draw_probes(seed, start, min(chunk_size, n - start), d, draw_dtype, workers)
+            return cauchy_probes(seed, start, min(chunk_size, n - start), d, draw_dtype, workers)
 
         nxt = pool.submit(draw, starts[0])
         for i, start in enumerate(starts):
@@ -494,7 +388,7 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
                 raise NonFiniteError(
                     "a Hessian-vector product with a Cauchy probe is not finite; try float64"
                 )
-            if isinstance(Y, _DiskRows):
+            if isinstance(Y, DiskRows):
                 Y.write(start, HV)
             else:
                 Y[start : start + k] = HV.to(device=store_device, dtype=store_dtype)
@@ -561,16 +455,8 @@ def _interval(
     se = math.sqrt(kappa * float(Z.var()) / n)
     if T <= 0.0:  # every row statistic is 0: no probe saw a nonzero row
         return 0.0, 0.0, se, kappa
-    t = _t_quantile(0.5 + confidence / 2, n - 1)
+    t = t_quantile(0.5 + confidence / 2, n - 1)
     return T * math.exp(-t * se / T), T * math.exp(t * se / T), se, kappa
-
-
-@functools.cache
-def _t_quantile(q: float, df: int) -> float:
-    """Student t quantile, once per (q, df): every per-tensor interval reuses it."""
-    from scipy import stats
-
-    return float(stats.t.ppf(q, df))
 
 
 def _per_tensor_intervals(
@@ -613,7 +499,7 @@ def l11_norm(
     chunk_size: int | None = None,
     store_dtype: torch.dtype | None = None,
     store_device: str | torch.device | None = None,
-    n_boot: int = 200,
+    interval: bool = True,
     debias: bool = True,
     progress: bool = True,
     memory_budget: int = 1 << 28,
@@ -650,9 +536,7 @@ def l11_norm(
             ``pathlib.Path`` folder for that file. Default: the operator's device
             while they take at most half its available memory, then the host's
             memory, then disk (``details["store"]`` says which).
-        n_boot: kept for compatibility: 0 skips the interval (low = high = value);
-            any positive value computes it. The interval no longer resamples, so
-            the number itself is unused.
+        interval: False skips the interval (low = high = value, confidence NaN).
         debias: divide by c_n (exactly unbiased); False returns Algorithm 4's raw sum
             (the interval is still the one for ‖H‖₁,₁, widened to contain it).
         progress: show tqdm bars.
@@ -682,8 +566,6 @@ def l11_norm(
         raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
     n = int(n)
     c_n = cauchy_scale_bias(n, method)  # also validates n
-    if n_boot < 0:
-        raise ConfigError(f"n_boot must be >= 0 (0 skips the interval), got {n_boot}")
     if memory_budget < 1:
         raise ConfigError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     t0 = time.perf_counter()
@@ -691,21 +573,21 @@ def l11_norm(
     store_dtype = store_dtype or op.dtype
     store_device = _store_plan(n, d, store_dtype, store_device, op.device)
     if chunk_size is None:
-        chunk_size = max(1, min(n, (1 << 27) // max(d, 1)))
+        chunk_size = min(n, default_chunk(d))
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
-    with_interval = n_boot > 0 and n >= _MIN_N_INTERVAL[method]
+    with_interval = interval and n >= _MIN_N_INTERVAL[method]
 
     Y = _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
-    store = f"disk ({Y.directory})" if isinstance(Y, _DiskRows) else f"memory ({Y.device})"
+    store = f"disk ({Y.directory})" if isinstance(Y, DiskRows) else f"memory ({Y.device})"
     slices = getattr(op, "param_slices", None) or {"all": slice(0, d)}
     try:
         raw, per_tensor_raw, Z, per_tensor_z = _summarize(
             Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
         )
     finally:
-        if isinstance(Y, _DiskRows):
+        if isinstance(Y, DiskRows):
             Y.close()
     del Y
     scale = c_n if debias else 1.0
@@ -720,7 +602,7 @@ def l11_norm(
         )
         kind = "influence-function standard error, t interval on the log scale"
         conf_out = confidence
-    elif n_boot > 0:  # n too small for a finite-variance interval
+    elif interval:  # n too small for a finite-variance interval
         low, high, kind, conf_out = (
             0.0,
             math.inf,
@@ -730,7 +612,7 @@ def l11_norm(
         se = kappa = math.nan
     else:
         low = high = value
-        kind, conf_out, se, kappa = "none (n_boot=0)", math.nan, math.nan, math.nan
+        kind, conf_out, se, kappa = "none (interval=False)", math.nan, math.nan, math.nan
     return Estimate(
         name="l11_norm",
         value=value,
@@ -755,3 +637,20 @@ def l11_norm(
             "theorem_d2_rel_error": _theorem_d2_rel_error(n, d, confidence),
         },
     )
+
+
+@register_estimator(
+    "l11",
+    metric="H(L, Φ_Adam)",
+    bound="‖H‖₁,₁",
+    metric_rotated="H(L∘R, Φ_Adam)",
+    bound_rotated="‖RᵀHR‖₁,₁",
+    hvp_cost=lambda o, d: o["n_cauchy"],
+)
+def l11_entry(op, *, seed: int = 0, progress: bool = False, n_cauchy: int = 50) -> Estimate:
+    """‖H‖₁,₁ by Cauchy medians with a 95% influence-function interval (:func:`l11_norm`).
+
+    Args:
+        n_cauchy: Cauchy probes (paper 000 uses 50; the interval narrows as 1/√n).
+    """
+    return l11_norm(op, n=n_cauchy, seed=seed, progress=progress)

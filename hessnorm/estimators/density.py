@@ -35,17 +35,18 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, SelectionError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._common import t_quantile, unit_start
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.estimators.trace import t_quantile
 from hessnorm.operator import all_finite, as_operator
 from hessnorm.partition import Partition
+from hessnorm.registry import register_estimator
 
 __all__ = ["SpectralDensity", "spectral_density", "block_spectra", "block_heterogeneity"]
 
@@ -322,16 +323,6 @@ class SpectralDensity:
         )
 
 
-# ---------------------------------------------------------------------- lockstep Lanczos
-def _start(seed: int, d: int, start: str, dtype, device) -> Tensor:
-    g = torch.Generator().manual_seed(int(seed))
-    if start == "rademacher":
-        v = (2 * torch.randint(0, 2, (d,), generator=g, dtype=torch.int8) - 1).double()
-    else:
-        v = torch.randn(d, generator=g, dtype=torch.float64)
-    return (v / v.norm()).to(device=device, dtype=dtype)
-
-
 def _lockstep(op, units, steps: int, chunk_size: int | None, bar):
     """Lanczos with full re-orthogonalisation for several (block, probes) units at once.
 
@@ -492,7 +483,7 @@ def _run_blocks(
                 idx = blocks[b][1]
                 db = op.d if idx is None else len(idx)
                 V0 = torch.stack(
-                    [_start(int(seeds[b, p]), db, start, op.dtype, op.device) for p in probes]
+                    [unit_start(int(seeds[b, p]), db, start, op.dtype, op.device) for p in probes]
                 )
                 units.append((idx if idx is None else idx.to(op.device), V0))
             res, n_hvp = _lockstep(op, units, steps, chunk_size, bar)
@@ -777,4 +768,74 @@ def block_heterogeneity(
             "densities on a common grid (Zhang et al. 2024)",
             "interval": "percentile bootstrap over SLQ probes" if can_boot else "none",
         },
+    )
+
+
+@register_estimator(
+    "density",
+    metric="tr(H) by SLQ",
+    bound="tr(H)",
+    metric_rotated="tr(RᵀHR) by SLQ",
+    bound_rotated="tr(RᵀHR)",
+    family="spectrum",
+    hvp_cost=lambda o, d: 8 * min(64, d),
+)
+def density_entry(op, *, seed: int = 0, progress: bool = False) -> Estimate:
+    """The SLQ eigenvalue density (:func:`spectral_density`); the row is its tr(H).
+
+    Details: λ_max, λ_min and tr(H²)/d with its interval; the density itself (per-probe
+    nodes and weights) is carried in ``artifacts["spectra"]``.
+    """
+    sd = spectral_density(op, seed=seed, progress=progress)
+    est = sd.to_estimate()
+    details = {k: v for k, v in est.details.items() if k not in ("nodes", "weights")}
+    t2 = sd.trace_power(2)
+    details["second_moment_interval"] = (t2.low / op.d, t2.high / op.d)
+    return dataclasses.replace(
+        est, name="density", details=details, artifacts={"spectra": {sd.name: sd}}
+    )
+
+
+@register_estimator(
+    "block-spectra",
+    metric="block heterogeneity (per {partition})",
+    bound="mean pairwise JS distance",
+    metric_rotated="block heterogeneity of RᵀHR (per {partition})",
+    bound_rotated="mean pairwise JS distance",
+    family="spectrum",
+    per_dim="ratio",
+    argument="partition",
+)
+def block_spectra_entry(
+    op,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    partition: Literal["by_tensor", "by_row", "coordinates", "single"] = "by_tensor",
+) -> Estimate:
+    """Heterogeneity of the per-block SLQ densities (:func:`block_heterogeneity`).
+
+    4 probes × 24 steps per block (the SLQ default is 8 × 32): a by_tensor partition of
+    GPT-2 (148 tensors) then costs about 148·96 = 14k HVPs. The densities are carried in
+    ``artifacts["spectra"]``.
+
+    Args:
+        partition: the blocks whose densities are compared (``Partition.named``).
+    """
+    from hessnorm.operator import HessianOperator
+
+    if not isinstance(op, HessianOperator):
+        raise SelectionError(
+            f"block-spectra:{partition} needs the model's named parameters, but this Hessian "
+            f"acts on unnamed coordinates ({type(op).__name__}: e.g. a rotated-adam run, "
+            "analysed in its rotated coordinates); drop block-spectra for such runs"
+        )
+    spectra = block_spectra(
+        op, Partition.named(partition, op), n_probes=4, steps=24, seed=seed, progress=progress
+    )
+    est = block_heterogeneity(spectra, seed=seed)
+    details = dict(est.details, n_blocks=est.d, partition=partition)
+    # d is the operator's dimension in every row (the estimate's d counts blocks)
+    return dataclasses.replace(
+        est, name="block_spectra", d=op.d, details=details, artifacts={"spectra": spectra}
     )

@@ -28,17 +28,18 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._common import (
+    EXACT_ADVICE,
+    chunked_hvp,
+    default_chunk,
+    rademacher_rows,
+    t_quantile,
+    unit_diagonal,
+)
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.cauchy import l11_norm
-from hessnorm.estimators.trace import (
-    _EXACT_ADVICE,
-    _chunked_hvp,
-    _default_chunk,
-    _rademacher,
-    _unit_diagonal,
-    t_quantile,
-)
 from hessnorm.operator import as_operator
+from hessnorm.registry import register_estimator
 
 __all__ = ["diagonal", "Diagonal", "diagonal_share"]
 
@@ -177,10 +178,10 @@ def diagonal(
         raise ConfigError(f"the stochastic diagonal needs n >= 2 probes for an error bar, got {n}")
     t0 = time.perf_counter()
     slices = _slices(op)
-    chunk = chunk_size if chunk_size is not None else _default_chunk(d)
+    chunk = chunk_size if chunk_size is not None else default_chunk(d)
     if exact:
-        with progress_bar(d, "diagonal (exact)", enabled=progress, advice=_EXACT_ADVICE) as bar:
-            values = _unit_diagonal(op, chunk, bar)
+        with progress_bar(d, "diagonal (exact)", enabled=progress, advice=EXACT_ADVICE) as bar:
+            values = unit_diagonal(op, chunk, bar)
         per = {k: (float(values[s].sum()), 0.0) for k, s in slices.items()}
         return Diagonal(
             values, torch.zeros(d, dtype=torch.float64), per, 0.0, True, d, d,
@@ -196,8 +197,8 @@ def diagonal(
     with progress_bar(n, "diagonal (Rademacher)", enabled=progress, advice=advice) as bar:
         while done < n:
             k = min(chunk, n - done)
-            Z = _rademacher(g, k, d, op.dtype, op.device)
-            X = (Z * _chunked_hvp(op, Z, None, bar)).double()
+            Z = rademacher_rows(g, k, d, op.dtype, op.device)
+            X = (Z * chunked_hvp(op, Z, None, bar)).double()
             acc += X.sum(0)
             acc2 += X.pow(2).sum(0)
             for j, name in enumerate(names):
@@ -332,3 +333,24 @@ def diagonal_share(
             "1-alpha/2) over the l11_norm bootstrap interval (level 1-alpha/2)",
         },
     )
+
+
+@register_estimator(
+    "diagonal-share",
+    metric="diagonal share",
+    bound="Σᵢ|Hᵢᵢ| / ‖H‖₁,₁",
+    metric_rotated="diagonal share of RᵀHR",
+    bound_rotated="Σᵢ|(RᵀHR)ᵢᵢ| / ‖RᵀHR‖₁,₁",
+    family="spectrum",
+    per_dim="ratio",
+    hvp_cost=lambda o, d: (d if d <= 200 else 200) + o["n_cauchy"],
+)
+def diagonal_share_entry(
+    op, *, seed: int = 0, progress: bool = False, n_cauchy: int = 50
+) -> Estimate:
+    """Σᵢ|Hᵢᵢ| / ‖H‖₁,₁ with a union-bound interval (:func:`diagonal_share`).
+
+    Args:
+        n_cauchy: Cauchy probes of the (1,1)-norm in the denominator.
+    """
+    return diagonal_share(op, n_l11=n_cauchy, seed=seed, progress=progress)

@@ -38,6 +38,7 @@ sums, so the results agree to rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -47,18 +48,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
+from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
-from hessnorm.estimators._disk import read_into, tensor_bytes, unlinked_file, write_all
+from hessnorm.estimators._common import random_unit
+from hessnorm.estimators._disk import DiskRows
 from hessnorm.estimators._krylov import (
     KrylovBound,
     norm_lower,
+    ritz,
     rounding_slack,
     start_radius,
     tridiag_eig,
 )
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import _available_memory, as_operator
+from hessnorm.operator import as_operator, available_memory
+from hessnorm.registry import register_estimator
 
 __all__ = [
     "spectral_norm",
@@ -121,72 +125,11 @@ class LanczosState(NamedTuple):
     restarts: int = 0
 
 
-class _DiskRows:
-    """Rows of length d in a temporary file, read back in chunks through one buffer.
-
-    The file is unlinked as soon as it is created (the open descriptor keeps it), so
-    it disappears when the run ends, also after an exception or a crash. Rows are
-    written with ``pwrite`` after ``posix_fallocate`` reserves their blocks (a full
-    disk is a clear :class:`~hessnorm.errors.TooLargeError`, not a SIGBUS as with a
-    memory map) and read with ``preadv`` into a reusable CPU buffer of at most
-    max(one row, 256 MiB): the process's resident memory does not grow with the
-    basis (the kernel's page cache may hold it while RAM is free, and then the reads
-    are memory copies).
-    """
-
-    def __init__(self, d: int, dtype: torch.dtype, directory) -> None:
-        self.d, self.dtype = d, dtype
-        self.row_bytes = d * torch.empty((), dtype=dtype).element_size()
-        self.buf_rows = max(1, _CHUNK_BYTES // max(1, self.row_bytes))
-        self.fd, self.directory, self._finalizer = unlinked_file(
-            self, "hessnorm-lanczos-", ".basis", directory
-        )
-        self.n = 0
-        self.bytes_written = 0
-        self.bytes_read = 0
-        self._buf: Tensor | None = None
-
-    def append(self, v: Tensor) -> None:
-        data = v.detach().to(device="cpu", dtype=self.dtype).contiguous()
-        off = self.n * self.row_bytes
-        try:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(self.fd, off, self.row_bytes)
-            write_all(self.fd, tensor_bytes(data), off)
-        except OSError as exc:
-            raise TooLargeError(
-                f"cannot store Lanczos vector {self.n + 1} ({self.row_bytes / 2**20:.0f} MiB) "
-                f"on disk in {self.directory}: {exc}. Free disk space, point TMPDIR (or "
-                f"basis_device=pathlib.Path(...)) at a larger disk, lower max_iter, or raise "
-                f"basis_budget_bytes to keep more of the basis in memory."
-            ) from exc
-        self.n += 1
-        self.bytes_written += self.row_bytes
-
-    def chunks(self):
-        """Yield the rows in order as (r, d) views of one reused buffer."""
-        if self.n == 0:
-            return
-        if self._buf is None:
-            self._buf = torch.empty(self.buf_rows, self.d, dtype=self.dtype)
-        for s in range(0, self.n, self.buf_rows):
-            r = min(self.buf_rows, self.n - s)
-            view = self._buf[:r]
-            total = r * self.row_bytes
-            read_into(self.fd, tensor_bytes(view), s * self.row_bytes)
-            self.bytes_read += total
-            yield view
-
-    def close(self) -> None:
-        self._buf = None
-        self._finalizer()
-
-
 class LanczosBasis:
     """The orthonormal Lanczos vectors, stored in tiers and read by streaming.
 
     Tier 1: chunks on the compute device, up to ``budget`` bytes. Tier 2 (the spill):
-    by default a temporary file on disk (:class:`_DiskRows`); with an explicit torch
+    by default a temporary file on disk (:class:`DiskRows`); with an explicit torch
     ``spill`` device (e.g. ``"cpu"`` next to a GPU), chunks there. Every operation
     visits the rows in order, chunk by chunk, and handles a chunk where it lives.
 
@@ -223,7 +166,7 @@ class LanczosBasis:
             self.spill, self.spill_dir = torch.device(spill), None
         self.chunks: list[Tensor] = []
         self.fill: list[int] = []
-        self.disk: _DiskRows | None = None
+        self.disk: DiskRows | None = None
         self.n = 0
 
     def __len__(self) -> int:
@@ -242,7 +185,17 @@ class LanczosBasis:
     def append(self, v: Tensor) -> None:
         if self.n >= self.on_device_max and self.spill is None:
             if self.disk is None:
-                self.disk = _DiskRows(self.d, self.dtype, self.spill_dir)
+                self.disk = DiskRows(
+                    self.d,
+                    self.dtype,
+                    self.spill_dir,
+                    prefix="hessnorm-lanczos-",
+                    suffix=".basis",
+                    advice="Free disk space, point TMPDIR (or basis_device=pathlib.Path(...)) at "
+                    "a larger disk, lower max_iter, or raise basis_budget_bytes to keep more of "
+                    "the basis in memory.",
+                    buffer_bytes=_CHUNK_BYTES,
+                )
             self.disk.append(v)
             self.n += 1
             return
@@ -323,25 +276,7 @@ def _default_basis_budget(device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free) // 4
-    return max(_DEFAULT_BASIS_BUDGET, _available_memory(device) // 3)
-
-
-def _ritz(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Ritz values (ascending), eigenvectors of T and residual norms β_m |s_m|, float64."""
-    a = alpha.double().cpu().numpy()
-    b = beta.double().cpu().numpy()
-    theta, S = tridiag_eig(a, b)
-    resid = abs(b[-1]) * np.abs(S[-1])
-    return (
-        torch.from_numpy(theta),
-        torch.from_numpy(np.ascontiguousarray(S)),
-        torch.from_numpy(resid),
-    )
-
-
-def _random_unit(d: int, g: torch.Generator) -> Tensor:
-    v = torch.randn(d, generator=g, dtype=torch.float64)
-    return v / v.norm()
+    return max(_DEFAULT_BASIS_BUDGET, available_memory(device) // 3)
 
 
 def lanczos(
@@ -396,7 +331,7 @@ def lanczos(
 
     Example:
         >>> st = lanczos(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
-        >>> st.n_hvp, st.breakdown, round(float(_ritz(st.alpha, st.beta)[0][-1]), 12)
+        >>> st.n_hvp, st.breakdown, round(float(ritz(st.alpha, st.beta)[0][-1]), 12)
         (3, True, 3.0)
     """
     op = as_operator(op)
@@ -417,7 +352,7 @@ def lanczos(
 def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart):
     d = op.d
     g = torch.Generator().manual_seed(int(seed))
-    q = _random_unit(d, g).to(device=op.device, dtype=op.dtype)
+    q = random_unit(d, g).to(device=op.device, dtype=op.dtype)
     Q.append(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -463,7 +398,7 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
         if not done and check and stop_tridiag is not None:
             done = stop_tridiag(np.array(alphas), np.array(betas), breakdown)
         if not done and check and stop is not None:
-            theta, _, resid = _ritz(torch.tensor(alphas), torch.tensor(betas))
+            theta, _, resid = ritz(torch.tensor(alphas), torch.tensor(betas))
             done = bool(stop(theta, resid))
         if done or j + 1 == m_max:
             break
@@ -471,7 +406,7 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
             # A new random direction orthogonal to the invariant space found so far.
             nrm = 0.0
             for _ in range(3):
-                w = _random_unit(d, g).to(device=op.device, dtype=op.dtype)
+                w = random_unit(d, g).to(device=op.device, dtype=op.dtype)
                 for _ in range(2):
                     w = Q.project_out(w)
                 nrm = float(w.double().norm())
@@ -731,7 +666,7 @@ def top_eigenpairs(
             basis_budget_bytes=basis_budget_bytes,
             basis_device=basis_device,
         )
-    theta, S, resid = _ritz(st.alpha, st.beta)
+    theta, S, resid = ritz(st.alpha, st.beta)
     if len(theta) < k:  # cannot happen: each HVP adds a Ritz value and max_iter ≥ k
         raise RuntimeError(f"Lanczos produced {len(theta)} < k = {k} Ritz values")
     idx = _select(theta, k, which)
@@ -741,3 +676,31 @@ def top_eigenpairs(
         st.basis.close()
     converged = bool((resid[idx] <= tol * theta.abs().max()).all())
     return Eigenpairs(theta[idx], vectors, resid[idx], st.n_hvp, converged, st.restarts)
+
+
+@register_estimator(
+    "spectral",
+    metric="H(L, Φ_AdaSGD)",
+    bound="d‖H‖₂",
+    metric_rotated="H(L∘R, Φ_AdaSGD)",
+    bound_rotated="d‖RᵀHR‖₂",
+    per_dim="value",
+    hvp_cost=lambda o, d: min(o["max_iter"], d),
+)
+def spectral_entry(
+    op, *, seed: int = 0, progress: bool = False, tol: float = 1e-4, max_iter: int = 300
+) -> Estimate:
+    """‖H‖₂ by Lanczos with a 99% random-start upper bound (:func:`spectral_norm`).
+
+    The row reports ‖H‖₂ as the value and d‖H‖₂ (the AdaSGD smoothness, paper 000
+    Table 2) as the bound. Lanczos stops once the largest |eigenvalue| converged, so
+    the smallest Ritz value is labelled ``lambda_min_unconverged`` in the details.
+
+    Args:
+        tol: relative interval width at which Lanczos stops.
+        max_iter: cap on Lanczos steps (= HVPs); the interval is wider when reached.
+    """
+    est = spectral_norm(op, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
+    details = dict(est.details)
+    details["lambda_min_unconverged"] = details.pop("lambda_min")
+    return dataclasses.replace(est, details=details)

@@ -34,77 +34,23 @@ import time
 import torch
 from torch import Tensor
 
-from hessnorm.errors import ConfigError, NonFiniteError
+from hessnorm.errors import ConfigError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators._common import (
+    EXACT_ADVICE,
+    chunked_hvp,
+    default_chunk,
+    rademacher_rows,
+    t_quantile,
+    unit_diagonal,
+)
 from hessnorm.estimators._progress import progress_bar
-from hessnorm.operator import all_finite, as_operator
+from hessnorm.operator import as_operator
+from hessnorm.registry import register_estimator
 
 __all__ = ["trace"]
 
 _METHODS = ("hutch++", "hutchinson")
-
-
-def _rademacher(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor:
-    """(k, d) Rademacher ±1 probes from a CPU generator, one row after another.
-
-    Drawn row by row as int8 so that neither the values nor the host memory depend
-    on k (a 124M-entry row is 124 MB as int8).
-    """
-    out = torch.empty(k, d, dtype=dtype, device=device)
-    for i in range(k):
-        bits = torch.randint(0, 2, (d,), generator=g, dtype=torch.int8)
-        out[i] = (2 * bits - 1).to(device=device, dtype=dtype)
-    return out
-
-
-def _gaussian(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor:
-    """(k, d) standard normal probes from a CPU generator (float64 draws, cast)."""
-    out = torch.empty(k, d, dtype=dtype, device=device)
-    for i in range(k):
-        out[i] = torch.randn(d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    return out
-
-
-def _chunked_hvp(op, V: Tensor, chunk_size: int | None, bar=None) -> Tensor:
-    """H V for (k, d) V, ``chunk_size`` rows per ``op.hvp`` call, checked finite.
-
-    ``bar`` (a :class:`~hessnorm.estimators._progress.ProgressBar`) counts the rows of
-    every call as it returns.
-    """
-    k = V.shape[0]
-    chunk = k if chunk_size is None else max(1, int(chunk_size))
-    pieces = []
-    for i in range(0, k, chunk):
-        pieces.append(op.hvp(V[i : i + chunk]))
-        if bar is not None:
-            bar.update(min(chunk, k - i))
-    out = torch.cat(pieces)
-    if not all_finite(out):
-        raise NonFiniteError(
-            "a Hessian-vector product is not finite; try float64 or check the model"
-        )
-    return out
-
-
-def _default_chunk(d: int) -> int:
-    return max(1, (1 << 27) // max(d, 1))
-
-
-_EXACT_ADVICE = "ask for fewer HVPs than d (n < d) to estimate instead of reading all d columns"
-
-
-def _unit_diagonal(op, chunk: int, bar) -> Tensor:
-    """diag(H) from the d unit vectors, ``chunk`` per HVP call, counted in ``bar``."""
-    d = op.d
-    diag = torch.empty(d, dtype=torch.float64)
-    for s in range(0, d, chunk):
-        e = min(d, s + chunk)
-        E = torch.zeros(e - s, d, dtype=op.dtype, device=op.device)
-        E[torch.arange(e - s), torch.arange(s, e)] = 1
-        HE = _chunked_hvp(op, E, None)
-        diag[s:e] = HE[torch.arange(e - s), torch.arange(s, e)].double().cpu()
-        bar.update(e - s)
-    return diag
 
 
 def exact_trace(
@@ -124,23 +70,11 @@ def exact_trace(
         (-1.0, [2.0, -3.0])
     """
     op = as_operator(op)
-    chunk = _default_chunk(op.d) if chunk_size is None else int(chunk_size)
+    chunk = default_chunk(op.d) if chunk_size is None else int(chunk_size)
     advice = "estimate instead: trace(op, n=...) or diagonal(op, n=..., exact=False), n < d"
     with progress_bar(op.d, "exact_trace (unit vectors)", enabled=progress, advice=advice) as bar:
-        diag = _unit_diagonal(op, chunk, bar)
+        diag = unit_diagonal(op, chunk, bar)
     return float(diag.sum()), diag
-
-
-def t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile (scipy), dof ≥ 1.
-
-    Example:
-        >>> round(t_quantile(0.975, 10), 4), t_quantile(0.5, 3)
-        (2.2281, 0.0)
-    """
-    from scipy import stats
-
-    return float(stats.t.ppf(p, dof))
 
 
 def trace(
@@ -205,10 +139,10 @@ def trace(
         raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size}")
     t0 = time.perf_counter()
     d = op.d
-    chunk = chunk_size if chunk_size is not None else _default_chunk(d)
+    chunk = chunk_size if chunk_size is not None else default_chunk(d)
     if n >= d:
-        with progress_bar(d, "trace (exact)", enabled=progress, advice=_EXACT_ADVICE) as bar:
-            value = float(_unit_diagonal(op, chunk, bar).sum())
+        with progress_bar(d, "trace (exact)", enabled=progress, advice=EXACT_ADVICE) as bar:
+            value = float(unit_diagonal(op, chunk, bar).sum())
         return Estimate(
             name="trace",
             value=value,
@@ -227,16 +161,16 @@ def trace(
     with progress_bar(n, f"trace ({method})", enabled=progress, advice=advice) as bar:
         if method == "hutch++":
             k = n // 3
-            S = _rademacher(g, k, d, op.dtype, op.device)
-            Y = _chunked_hvp(op, S, chunk, bar)
+            S = rademacher_rows(g, k, d, op.dtype, op.device)
+            Y = chunked_hvp(op, S, chunk, bar)
             del S
             work = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
             Q = torch.linalg.qr(Y.T.to(work)).Q.T.to(op.dtype)  # (k, d) orthonormal rows
             del Y
             m = n - 2 * k
-            G = _rademacher(g, m, d, op.dtype, op.device)
+            G = rademacher_rows(g, m, d, op.dtype, op.device)
             G = G - (G @ Q.T) @ Q
-            HB = _chunked_hvp(op, torch.cat([Q, G]), chunk, bar)
+            HB = chunked_hvp(op, torch.cat([Q, G]), chunk, bar)
             exact_part = float((Q * HB[:k]).sum(dtype=torch.float64))
             # G ⊥ Q already, so gᵀ(I−QQᵀ)H(I−QQᵀ)g = (Gᵢ)ᵀ(HG)ᵢ with the projected G.
             samples = (G * HB[k:]).sum(dim=1, dtype=torch.float64)
@@ -245,8 +179,8 @@ def trace(
             m = n
             samples = torch.empty(m, dtype=torch.float64)
             for s in range(0, m, chunk):
-                Z = _rademacher(g, min(chunk, m - s), d, op.dtype, op.device)
-                HZ = _chunked_hvp(op, Z, None, bar)
+                Z = rademacher_rows(g, min(chunk, m - s), d, op.dtype, op.device)
+                HZ = chunked_hvp(op, Z, None, bar)
                 samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
     samples = samples.cpu()
     mean = float(samples.mean())
@@ -274,3 +208,16 @@ def trace(
             "exact": False,
         },
     )
+
+
+@register_estimator(
+    "trace",
+    metric="tr(H)",
+    metric_rotated="tr(RᵀHR)",
+    bound_rotated="tr(RᵀHR)",
+    family="spectrum",
+    hvp_cost=lambda o, d: min(60, d),
+)
+def trace_entry(op, *, seed: int = 0, progress: bool = False) -> Estimate:
+    """tr(H) by Hutch++ with a Student-t interval over the residual probes (:func:`trace`)."""
+    return trace(op, seed=seed, progress=progress)

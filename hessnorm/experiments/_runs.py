@@ -268,7 +268,8 @@ def fixed_train_batches(meta: dict, n_batches: int, seed: int, device=None, dtyp
     return [task.sample(gen) for _ in range(n_batches)]
 
 
-QUANTITIES = ("spectral", "l11", "rotated_l11")
+QUANTITIES = ("spectral", "l11", "rotated-l11")  # registered estimator names
+_LEGACY = {"rotated_l11": "rotated-l11"}  # cache keys written before the registry
 
 
 def hessian_norms(
@@ -292,7 +293,7 @@ def hessian_norms(
 
     * ``spectral``: ‖H‖₂ = d‖H‖₂/d (Lanczos, rigorous interval; the AdaSGD row),
     * ``l11``: ‖H‖₁,₁/d (Cauchy medians, Alg. 4, influence-function interval; the Adam row),
-    * ``rotated_l11``: ‖RᵀHR‖₁,₁/d, the Hessian of L∘R at x̃ = Rᵀx (the rotated-Adam
+    * ``rotated-l11``: ‖RᵀHR‖₁,₁/d, the Hessian of L∘R at x̃ = Rᵀx (the rotated-Adam
       row), R the run's own rotation for a rotated-Adam run, else ``rotation``
       (default ``randperm:depth=2,seed=0``, the trainer's default).
 
@@ -312,7 +313,6 @@ def hessian_norms(
         (True, 1.0, 20)
     """
     import hessnorm as hn
-    from hessnorm.rotation import parse as parse_rotation
     from hessnorm.train.runs import rebuild
 
     unknown = [q for q in quantities if q not in QUANTITIES]
@@ -325,28 +325,33 @@ def hessian_norms(
     spec = (
         meta["rotation"] or rotation or meta["config"].get("rotation") or "randperm:depth=2,seed=0"
     )
+    from hessnorm.analyze import analyze_operator
+
+    rows = analyze_operator(
+        op,
+        list(quantities),
+        rotation=spec,
+        seed=seed,
+        progress=progress,
+        options={"n_cauchy": n_cauchy, "spectral.tol": tol, "spectral.max_iter": max_iter}
+        if "spectral" in quantities
+        else {"n_cauchy": n_cauchy},
+    )
     out = {}
-    for q in quantities:
-        if q == "spectral":
-            est = hn.spectral_norm(op, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
-            scale = 1.0
-        elif q == "l11":
-            est = hn.l11_norm(op, n=n_cauchy, seed=seed, progress=progress)
-            scale = 1.0 / d
-        else:  # "rotated_l11"
-            est = hn.l11_norm(
-                op.rotated(parse_rotation(spec, d)), n=n_cauchy, seed=seed, progress=progress
-            )
-            scale = 1.0 / d
-        row = est.to_dict(details=False)
+    for q, r in zip(quantities, rows):
+        scale = (
+            r["bound_per_dim"] / r["value"] if r["value"] else (1.0 if q == "spectral" else 1 / d)
+        )
+        row = {k: r[k] for k in ("name", "value", "value_per_dim", "low", "high", "confidence")}
+        row.update({k: r[k] for k in ("n_hvp", "seconds", "d")})
         row.update(
-            per_dim=est.value * scale,
-            low_per_dim=est.low * scale,
-            high_per_dim=est.high * scale,
-            rotation=spec if q == "rotated_l11" else "none",
+            per_dim=r["value"] * scale,
+            low_per_dim=r["low"] * scale,
+            high_per_dim=r["high"] * scale,
+            rotation=spec if q == "rotated-l11" else "none",
             n_batches=n_batches,
             batch_examples=sum(len(b[1]) for b in batches),
-            converged=bool(est.details.get("converged", True)),
+            converged=bool(r["details"].get("converged", True)),
         )
         out[q] = row
     return out
@@ -377,7 +382,7 @@ def cached_norms(run_dir, checkpoint, quantities, settings: dict, **kw) -> dict[
     # the interval constructions are part of the key: a cache written by an older
     # estimator version is recomputed rather than reported under the new wording
     key = json.dumps({**settings, "estimators": NORMS_VERSION}, sort_keys=True)
-    have = cache.get(key, {})
+    have = {_LEGACY.get(q, q): v for q, v in cache.get(key, {}).items()}
     missing = [q for q in quantities if q not in have]
     if missing:
         have.update(hessian_norms(checkpoint, missing, **settings, **kw))

@@ -74,7 +74,7 @@ PAPER_TABLE3 = {"adasgd": 1.5355, "adam": 0.0036, "rotated-adam": 0.9868}
 ROWS = (
     ("adasgd", "spectral", "H(L, Φ_AdaSGD)", "d‖∇²L‖₂ / d = ‖∇²L‖₂"),
     ("adam", "l11", "H(L, Φ_Adam)", "‖∇²L‖₁,₁ / d"),
-    ("rotated-adam", "rotated_l11", "H(L∘R, Φ_Adam)", "‖Rᵀ∇²L R‖₁,₁ / d"),
+    ("rotated-adam", "rotated-l11", "H(L∘R, Φ_Adam)", "‖Rᵀ∇²L R‖₁,₁ / d"),
 )
 # Orderings of Table 4 the paper states (Section 4.3): (better, worse).
 CLAIMS = (
@@ -352,7 +352,7 @@ def run(
         res = cached_norms(
             b["run"]["out"],
             b["run"]["checkpoint"],
-            ("spectral", "l11", "rotated_l11"),
+            ("spectral", "l11", "rotated-l11"),
             settings,
             progress=progress,
             device=c.device,
@@ -544,11 +544,11 @@ def _markdown(c, quick, scale, runs_df, t4, norms_df, norm_bs, seconds, info) ->
         order = "— | —"
         if len(iv) == 3:
             order = (
-                f"{_order(iv['l11'], iv['spectral'])} | {_order(iv['spectral'], iv['rotated_l11'])}"
+                f"{_order(iv['l11'], iv['spectral'])} | {_order(iv['spectral'], iv['rotated-l11'])}"
             )
         L.append(
             f"| {NAMES[opt]} | "
-            + " | ".join(cell.get(q, "—") for q in ("spectral", "l11", "rotated_l11"))
+            + " | ".join(cell.get(q, "—") for q in ("spectral", "l11", "rotated-l11"))
             + f" | {order} |"
         )
     L += ["", "## All runs: final training loss per learning rate (seed 0; inf = diverged)", ""]

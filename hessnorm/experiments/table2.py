@@ -60,7 +60,7 @@ PAPER_TABLE2 = {"adasgd": 24.86, "adam": 3.2, "rotated-adam": 36.16}
 ROWS = (  # optimizer, quantity at its checkpoint, metric, bound (as in the paper)
     ("adasgd", "spectral", "H(L, Φ_AdaSGD)", "d‖∇²L‖₂ / d = ‖∇²L‖₂"),
     ("adam", "l11", "H(L, Φ_Adam)", "‖∇²L‖₁,₁ / d"),
-    ("rotated-adam", "rotated_l11", "H(L∘R, Φ_Adam)", "‖Rᵀ∇²L R‖₁,₁ / d"),
+    ("rotated-adam", "rotated-l11", "H(L∘R, Φ_Adam)", "‖Rᵀ∇²L R‖₁,₁ / d"),
 )
 NAMES = {"adam": "Adam", "adasgd": "AdaSGD", "rotated-adam": "rotated Adam", "sgd": "SGD"}
 ADAPTIVE = ("adam", "adasgd", "rotated-adam")
@@ -332,14 +332,14 @@ def _gap(noise: dict, a: str, b: str, seed_sd: float | None) -> tuple[float, flo
 
 
 def _norms(c: Config, best: dict, progress: bool, log) -> list[dict]:
-    quantities = {"adasgd": ["spectral"], "adam": ["l11"], "rotated-adam": ["rotated_l11"]}
+    quantities = {"adasgd": ["spectral"], "adam": ["l11"], "rotated-adam": ["rotated-l11"]}
     settings = dict(n_batches=c.hessian_batches, n_cauchy=c.n_cauchy, tol=1e-3, max_iter=100)
     rows = []
     for opt in ADAPTIVE:
         b = best.get(opt)
         if b is None or b["run"]["status"] != "ok":
             continue
-        qs = ["spectral", "l11", "rotated_l11"] if "all" in c.norms else quantities[opt]
+        qs = ["spectral", "l11", "rotated-l11"] if "all" in c.norms else quantities[opt]
         t0 = time.perf_counter()
         res = cached_norms(
             b["run"]["out"],
@@ -638,11 +638,11 @@ def _markdown(cfgs, per_config, runs_df, norms_df, trend_df, seconds, quick, sca
             if len(iv) == 3:
                 order = (
                     f"{_interval_order([iv['l11'], iv['spectral']])} | "
-                    f"{_interval_order([iv['spectral'], iv['rotated_l11']])}"
+                    f"{_interval_order([iv['spectral'], iv['rotated-l11']])}"
                 )
             L.append(
                 f"| {cfg} | {NAMES[opt]} | "
-                + " | ".join(cell.get(q, "—") for q in ("spectral", "l11", "rotated_l11"))
+                + " | ".join(cell.get(q, "—") for q in ("spectral", "l11", "rotated-l11"))
                 + f" | {int(g.n_hvp.sum())} | {g.seconds.sum():.0f} | {order} |"
             )
     L += ["", "## All runs: final eval loss per learning rate (seed 0; inf = diverged)", ""]

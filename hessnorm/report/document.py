@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from hessnorm._io import atomic_write_bytes
-from hessnorm.report.tables import _fmt
+from hessnorm.report.tables import format_number
 
 # ---------------------------------------------------------------------------- writing
 
@@ -20,7 +20,7 @@ __all__: list[str] = []  # internal to hessnorm.report
 
 
 def _md_cell(x: Any) -> str:
-    return _fmt(x).replace("|", "\\|").replace("\n", " ")
+    return format_number(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -42,7 +42,7 @@ def _html_inline(text: str) -> str:
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(format_number(v))}</td>" for v in row) + "</tr>"
         for row in df.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -63,7 +63,7 @@ code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 """
 
 
-class _Doc:
+class Doc:
     """Report content as blocks, rendered to Markdown and to self-contained HTML."""
 
     def __init__(self, out_dir: Path) -> None:

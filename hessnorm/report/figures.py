@@ -6,7 +6,6 @@ notebooks).
 from __future__ import annotations
 
 import io
-import json
 import math
 from typing import Any
 
@@ -15,13 +14,13 @@ import pandas as pd
 
 from hessnorm.l0l1 import L0L1Fit, fit_l0l1, l0l1_points
 from hessnorm.report.inputs import (
-    _DPI,
-    _LOSS_UNITS,
-    _TOP_TENSORS,
+    DPI,
+    LOSS_UNITS,
     RESULT_COLUMNS,
     SMOOTH_COLUMNS,
+    TOP_TENSORS,
     RunData,
-    _est_rank,
+    estimator_rank,
 )
 from hessnorm.results import per_dim_label
 
@@ -117,7 +116,7 @@ def plot_l0l1(
 def _new_figure(w: float, h: float):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=_DPI)
+    return Figure(figsize=(w, h), dpi=DPI)
 
 
 def _finish(fig, rect=None) -> bytes:
@@ -126,7 +125,7 @@ def _finish(fig, rect=None) -> bytes:
     else:
         fig.tight_layout(rect=rect)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -160,13 +159,13 @@ def _maybe_log(ax, values: np.ndarray, ratio: float = 20.0) -> None:
         _plain_log_ticks(ax, "y")
 
 
-def _loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
+def loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
     has_eval = any(
         "eval_loss" in r.metrics.columns and r.metrics["eval_loss"].notna().any() for r in runs
     )
     fig = _new_figure(11 if has_eval else 6.5, 4.3)
     axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
-    ylabel = _LOSS_UNITS.get(task, "loss")
+    ylabel = LOSS_UNITS.get(task, "loss")
     all_train, all_eval = [], []
     window = 1
     for r in runs:
@@ -205,7 +204,7 @@ def _loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
     return _finish(fig)
 
 
-def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame] | None:
+def trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame] | None:
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[df["step"].notna()]
     n_steps = df.groupby("run_key")["step"].nunique()
@@ -214,7 +213,7 @@ def _trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
         return None
     # One panel per estimator; a run's rotation is already in its label.
     df["panel"] = df["estimator"]
-    panels = sorted(df["panel"].unique(), key=_est_rank)
+    panels = sorted(df["panel"].unique(), key=estimator_rank)
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig = _new_figure(5.0 * ncol, 3.9 * nrow)
@@ -300,7 +299,7 @@ def _eval_spread_bars(ax, g: pd.DataFrame, y: pd.Series, color) -> None:
 _Z95 = 1.959963984540054
 
 
-def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
+def per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
     """Rows ``label, step, tensor, share`` from the ``per_tensor`` details of l11 rows.
 
     ``share_low``/``share_high`` come from the estimate's ``per_tensor_share_interval``
@@ -315,11 +314,8 @@ def _per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
     for r in rows.itertuples(index=False):
         if r.estimator != "l11" or r.rotation != "none" or not r.details:
             continue
-        try:
-            details = json.loads(r.details)
-        except json.JSONDecodeError:
-            continue
-        shares = details.get("per_tensor") if isinstance(details, dict) else None
+        details = _details_dict(r.details)
+        shares = details.get("per_tensor")
         if not isinstance(shares, dict) or not shares:
             continue
         vals = {k: float(v) for k, v in shares.items() if v is not None}
@@ -387,18 +383,18 @@ def _per_tensor_rel_se(details: dict) -> float:
     return math.pi / (2 * math.sqrt(n))
 
 
-def _per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
+def per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
     """One panel per checkpoint file (never merged by label or file name)."""
     keys = list(dict.fromkeys(zip(shares["label"], shares["checkpoint"])))
     ncol = 1 if len(keys) == 1 else 2
     nrow = math.ceil(len(keys) / ncol)
-    n_bars = min(_TOP_TENSORS, int(shares.groupby("checkpoint").size().max()))
+    n_bars = min(TOP_TENSORS, int(shares.groupby("checkpoint").size().max()))
     fig = _new_figure(8.0 * ncol, (0.3 * n_bars + 1.6) * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, (label, ckpt) in zip(axes, keys):
         g = shares[(shares["label"] == label) & (shares["checkpoint"] == ckpt)]
         g = g.sort_values("share", ascending=False)
-        top = g.head(_TOP_TENSORS)
+        top = g.head(TOP_TENSORS)
         rest = max(0.0, 1.0 - float(top["share"].sum()))
         y = np.arange(len(top))[::-1]
         err = np.vstack(
@@ -439,7 +435,7 @@ def _per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
     return _finish(fig)
 
 
-def _l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
+def l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
     ncol = min(2, len(runs))
     nrow = math.ceil(len(runs) / ncol)
     fig = _new_figure(6.2 * ncol, 4.6 * nrow)
@@ -491,7 +487,7 @@ def _esd_axes(ax, block: dict, color, label: str | None = None) -> None:
     ax.set_ylim(floor, top * 3 if top > 0 else 1.0)
 
 
-def _esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
+def esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
     """ESD per run: ``entries`` are (label, step, sidecar block of the full Hessian)."""
     ncol = min(2, len(entries))
     nrow = math.ceil(len(entries) / ncol)
@@ -524,7 +520,7 @@ def _esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
     return _finish(fig)
 
 
-def _block_spectra_figure(label: str, step: Any, blocks: dict, color) -> bytes:
+def block_spectra_figure(label: str, step: Any, blocks: dict, color) -> bytes:
     """Per-block SLQ densities as small multiples (one panel per block, own x-range)."""
     names = list(blocks)
     shown = names[:_MAX_BLOCK_PANELS]
@@ -555,7 +551,7 @@ def _block_spectra_figure(label: str, step: Any, blocks: dict, color) -> bytes:
     return _finish(fig)
 
 
-def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame]:
+def diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame]:
     """Share of ‖H‖₁,₁ on the diagonal: per run (with its interval), and per tensor.
 
     ``rows``: the diagonal-share / rotated-diagonal-share rows of the spectrum table,
@@ -571,7 +567,7 @@ def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.
                 per_tensor.append({"label": r.label, "tensor": k, "share": float(v)})
     pt = pd.DataFrame(per_tensor, columns=["label", "tensor", "share"])
     has_pt = len(pt) > 0
-    tensors = list(dict.fromkeys(pt["tensor"]))[:_TOP_TENSORS] if has_pt else []
+    tensors = list(dict.fromkeys(pt["tensor"]))[:TOP_TENSORS] if has_pt else []
     fig = _new_figure(12.5 if has_pt else 6.0, max(3.8, 0.32 * len(tensors) + 1.6))
     axes = fig.subplots(
         1, 2 if has_pt else 1, squeeze=False, width_ratios=[1, 1.5] if has_pt else None
@@ -620,10 +616,5 @@ def _diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.
 
 
 def _details_dict(x) -> dict:
-    if isinstance(x, dict):
-        return x
-    try:
-        out = json.loads(x) if isinstance(x, str) and x else {}
-    except json.JSONDecodeError:
-        return {}
-    return out if isinstance(out, dict) else {}
+    """A row's details (dicts once read by :func:`hessnorm.results.read_results`)."""
+    return x if isinstance(x, dict) else {}

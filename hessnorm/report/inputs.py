@@ -1,6 +1,7 @@
 """Report inputs: run folders of the trainer and results files of ``hessnorm analyze``.
 
-Reads files only; knows estimators through :mod:`hessnorm.results` (never runs them).
+Reads files only (results files through :func:`hessnorm.results.read_results`, which
+parses ``details``); knows estimators through :mod:`hessnorm.registry` (never runs them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hessnorm.errors import ConfigError
-from hessnorm.results import COLUMNS, ESTIMATORS, NUMERIC_COLUMNS
+from hessnorm.results import NUMERIC_COLUMNS, columns, read_results
 
 __all__ = [
     "RunData",
@@ -29,21 +30,20 @@ __all__ = [
 ]
 
 RESULT_REQUIRED = ("checkpoint", "estimator", "value")
-RESULT_COLUMNS = tuple(COLUMNS)  # the columns `hessnorm analyze` writes (results.COLUMNS)
+RESULT_COLUMNS = tuple(columns())  # the columns `hessnorm analyze` writes
 _NUMERIC = NUMERIC_COLUMNS
 _TEXT = tuple(c for c in RESULT_COLUMNS if c not in _NUMERIC)
 METRICS_REQUIRED = ("step", "train_loss")
 SMOOTH_COLUMNS = ("smooth_grad_norm", "local_smoothness")
 # Canonical optimizer order (paper 000 lists Adam first, then its variants, then SGD-type).
 _OPT_ORDER = ("adam", "adasgd", "rotated-adam", "blockwise-adam", "sgd", "signgd", "rmsprop")
-_EST_ORDER = tuple(ESTIMATORS)  # the registry's order
-_LOSS_UNITS = {
+LOSS_UNITS = {
     "gpt": "loss (nats/token)",
     "resnet": "cross-entropy loss (nats/example)",
     "quadratic": "loss L(x)",
 }
-_TOP_TENSORS = 15
-_DPI = 120
+TOP_TENSORS = 15
+DPI = 120
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -141,7 +141,7 @@ def _read_run(folder: Path) -> RunData:
     return RunData(path=folder, config=config, metrics=metrics)
 
 
-def _normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
+def normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     missing = [c for c in RESULT_REQUIRED if c not in df.columns]
     if missing:
         raise ConfigError(
@@ -156,7 +156,8 @@ def _normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     for c in _NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in _TEXT:
-        df[c] = df[c].map(_text)
+        if c != "details":
+            df[c] = df[c].map(_text)
     df["rotation"] = df["rotation"].replace("", "none")
     # value / d is the paper's normalisation; fill it where a producer left it out.
     fill = df["value_per_dim"].isna() & df["d"].gt(0)
@@ -164,11 +165,7 @@ def _normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     # Without bound_per_dim, apply the registry's rule: the bound is the estimate,
     # or d times it (spectral: bound d‖H‖₂ from the estimate ‖H‖₂).
     fill = df["bound_per_dim"].isna()
-    spectral = (
-        df["estimator"]
-        .map(lambda e: e in ESTIMATORS and ESTIMATORS[e].bound_is_d_times_value)
-        .astype(bool)
-    )
+    spectral = df["estimator"].map(_bound_is_d_times_value).astype(bool)
     df.loc[fill & spectral, "bound_per_dim"] = df.loc[fill & spectral, "value"]
     df.loc[fill & ~spectral, "bound_per_dim"] = df.loc[fill & ~spectral, "value_per_dim"]
     # The bound is a fixed multiple of the estimate, so its interval is the same multiple.
@@ -180,6 +177,17 @@ def _normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     return df
 
 
+def _bound_is_d_times_value(label: str) -> bool:
+    """The registry's rule for an estimator label: its bound is d times its value."""
+    from hessnorm.registry import parse_estimators
+
+    try:
+        (sel,) = parse_estimators([label])
+    except ConfigError:
+        return False
+    return sel.spec.per_dim == "value"
+
+
 def _text(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
@@ -189,27 +197,11 @@ def _text(x: Any) -> str:
 
 
 def _read_results(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() == ".json":
-        data = _read_json(path)
-        if isinstance(data, dict):  # pandas orient="columns"/"list": {column: values}
-            try:
-                data = pd.DataFrame(data).to_dict(orient="records")
-            except ValueError as exc:
-                raise ConfigError(
-                    f"{path} holds a JSON object that is not a table of results: {exc}"
-                ) from exc
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ConfigError(
-                f"{path} must hold a JSON list of result rows (as written by "
-                "`hessnorm analyze --out results.json`)."
-            )
-        df = pd.DataFrame(data)
-    else:
-        try:
-            df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {path} as a CSV results file: {exc}") from exc
-    return _normalize_results(df, path)
+    df = read_results(path)
+    details = df["details"] if "details" in df.columns else None
+    df = normalize_results(df, path)
+    df["details"] = list(details) if details is not None else [{} for _ in range(len(df))]
+    return df
 
 
 def load_input(path: str | os.PathLike) -> RunData | pd.DataFrame:
@@ -261,21 +253,28 @@ def load_input(path: str | os.PathLike) -> RunData | pd.DataFrame:
 # ---------------------------------------------------------------------------- labels
 
 
-def _opt_rank(name: str) -> tuple:
+def optimizer_rank(name: str) -> tuple:
     return (_OPT_ORDER.index(name) if name in _OPT_ORDER else len(_OPT_ORDER), name)
 
 
-def _est_rank(name: str) -> tuple:
-    return (_EST_ORDER.index(name) if name in _EST_ORDER else len(_EST_ORDER), name)
+def estimator_rank(name: str) -> tuple:
+    """Registry order: base estimator first, its rotated form after it; unknown names last."""
+    from hessnorm.registry import ROTATED_PREFIX, estimators
+
+    order = list(estimators())
+    base = name[len(ROTATED_PREFIX) :] if name.startswith(ROTATED_PREFIX) else name
+    base = base.partition(":")[0]
+    i = order.index(base) if base in order else len(order)
+    return (i, name.startswith(ROTATED_PREFIX), name)
 
 
-def _label_runs(runs: list[RunData]) -> None:
+def label_runs(runs: list[RunData]) -> None:
     base = [r.base_label() for r in runs]
     for r, b in zip(runs, base):
         r.label = b if base.count(b) == 1 else f"{b} ({r.name})"
 
 
-def _run_keys(results: pd.DataFrame, runs: list[RunData]) -> pd.DataFrame:
+def run_keys(results: pd.DataFrame, runs: list[RunData]) -> pd.DataFrame:
     """Add ``run_key`` (run folder name, else checkpoint path) and a display ``label``."""
     df = results.copy()
     df["run_key"] = np.where(df["run"] != "", df["run"], df["checkpoint"])
@@ -338,7 +337,7 @@ def dedupe_checkpoints(results: pd.DataFrame) -> pd.DataFrame:
     return df[keep.to_numpy()].reset_index(drop=True)
 
 
-def _colors(labels: Iterable[str]) -> dict[str, Any]:
+def run_colors(labels: Iterable[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
@@ -348,46 +347,6 @@ def _colors(labels: Iterable[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- spectra
 
 
-def _details(x: Any) -> dict:
-    """A row's ``details`` JSON as a dict (``{}`` when empty or not an object)."""
-    if isinstance(x, dict):
-        return x
-    if not isinstance(x, str) or not x:
-        return {}
-    try:
-        out = json.loads(x)
-    except json.JSONDecodeError:
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
-def _read_spectra(row: Any, cache: dict | None = None) -> dict | None:
-    """The sidecar entry (``checkpoint, step, estimator, rotation, blocks``) of a result row.
-
-    The row's ``details`` name the sidecar (``spectra_file``, relative to the results
-    file in ``source``) and its ``spectra_key`` (see :mod:`hessnorm.results`); ``None``
-    when the row has no spectra or the file is missing. Raises ConfigError when the
-    file exists but is not a ``hessnorm-spectra/1`` sidecar.
-    """
-    from hessnorm.results import SPECTRA_FORMAT
-
-    d = _details(row["details"])
-    name, key = d.get("spectra_file"), d.get("spectra_key")
-    if not name or not key:
-        return None
-    source = str(row["source"]) if "source" in row and row["source"] else ""
-    path = (Path(source).parent if source else Path(".")) / str(name)
-    cache = {} if cache is None else cache
-    if path not in cache:
-        if not path.is_file():
-            cache[path] = None
-        else:
-            data = _read_json(path)
-            if not isinstance(data, dict) or data.get("format") != SPECTRA_FORMAT:
-                raise ConfigError(
-                    f"{path} is not a spectra sidecar of `hessnorm analyze` (format "
-                    f"{SPECTRA_FORMAT}); re-run analyze with --out to rewrite it."
-                )
-            cache[path] = data.get("spectra") or {}
-    entries = cache[path]
-    return None if entries is None else entries.get(key)
+def details_of(x: Any) -> dict:
+    """A row's ``details`` (a dict once read; ``{}`` for none)."""
+    return dict(x) if isinstance(x, dict) else {}

@@ -12,13 +12,13 @@ import pandas as pd
 from hessnorm.report.inputs import (
     RESULT_COLUMNS,
     RunData,
-    _details,
-    _est_rank,
-    _normalize_results,
-    _opt_rank,
-    _run_keys,
+    details_of,
+    estimator_rank,
+    normalize_results,
+    optimizer_rank,
+    run_keys,
 )
-from hessnorm.results import EVAL_COLUMNS, is_spectrum
+from hessnorm.results import EVAL_COLUMNS, family, is_spectrum
 
 __all__ = ["norms_table", "spectrum_table"]
 
@@ -56,11 +56,11 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         ([20], [2.5], [0.25])
     """
     if "bound_value" not in results.columns:
-        results = _normalize_results(results, Path("<DataFrame>"))
+        results = normalize_results(results, Path("<DataFrame>"))
     if "run_key" not in results.columns:
-        results = _run_keys(results, [])
+        results = run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
-    df = df[~df["estimator"].map(is_spectrum).astype(bool)]  # spectrum_table has those
+    df = df[df["estimator"].map(family).eq("smoothness")]  # the other families have their own
     out = _ordered(_last_checkpoint(df))
     cols = [
         "label",
@@ -98,7 +98,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def format_number(x: Any, digits: int = 4) -> str:
     if x is None or x is pd.NA:
         return ""
     if isinstance(x, str):
@@ -120,27 +120,27 @@ def _interval(low: float, high: float, conf: float) -> str:
     if pd.isna(low) or pd.isna(high):
         return ""
     c = "" if pd.isna(conf) else (" (bound)" if conf >= 1 else f" ({conf:.0%})")
-    return f"[{_fmt(low)}, {_fmt(high)}]{c}"
+    return f"[{format_number(low)}, {format_number(high)}]{c}"
 
 
-def _norms_display(table: pd.DataFrame) -> pd.DataFrame:
+def norms_display(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in table.itertuples(index=False):
         d = r.d if not pd.isna(r.d) else None
         rows.append(
             {
                 "optimizer": r.label,
-                "step": _fmt(r.step),
+                "step": format_number(r.step),
                 "H(L, Φ)": r.metric or r.estimator,
                 "bound": r.bound,
                 "estimator": r.estimator,
                 "rotation": "" if r.rotation == "none" else r.rotation,
-                "estimate": _fmt(r.bound_value),
+                "estimate": format_number(r.bound_value),
                 "interval": _interval(r.bound_low, r.bound_high, r.confidence),
-                "estimate / d": _fmt(r.bound_per_dim),
-                "d": _fmt(d),
-                "HVPs": _fmt(r.n_hvp),
-                "loss": _fmt(r.loss),
+                "estimate / d": format_number(r.bound_per_dim),
+                "d": format_number(d),
+                "HVPs": format_number(r.n_hvp),
+                "loss": format_number(r.loss),
                 "± eval sets": _eval_spread(r),
             }
         )
@@ -158,10 +158,10 @@ def _eval_spread(r) -> str:
     if pd.isna(r.eval_sd) or pd.isna(r.eval_resamples) or not r.eval_resamples:
         return ""
     factor = r.bound_value / r.value if r.value else float("nan")
-    return f"±{_fmt(r.eval_sd * factor)} (sd, {int(r.eval_resamples)} sets)"
+    return f"±{format_number(r.eval_sd * factor)} (sd, {int(r.eval_resamples)} sets)"
 
 
-def _runs_table(runs: list[RunData]) -> pd.DataFrame:
+def runs_table(runs: list[RunData]) -> pd.DataFrame:
     rows = []
     for r in runs:
         m = r.metrics
@@ -193,8 +193,8 @@ def _runs_table(runs: list[RunData]) -> pd.DataFrame:
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     """Rows ordered by optimizer, run label, estimator, rotation (with helper columns)."""
     return df.assign(
-        _o=df["optimizer"].map(_opt_rank),
-        _e=df["estimator"].map(_est_rank),
+        _o=df["optimizer"].map(optimizer_rank),
+        _e=df["estimator"].map(estimator_rank),
     ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
 
 
@@ -236,13 +236,13 @@ def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
         [['trace', 3.0, 0.3]]
     """
     if "bound_value" not in results.columns:
-        results = _normalize_results(results, Path("<DataFrame>"))
+        results = normalize_results(results, Path("<DataFrame>"))
     if "run_key" not in results.columns:
-        results = _run_keys(results, [])
+        results = run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[df["estimator"].map(is_spectrum).astype(bool)]
     out = _last_checkpoint(df).copy()
-    det = [_details(x) for x in out["details"]]
+    det = [details_of(x) for x in out["details"]]
     for key in ("lambda_max", "lambda_min", "second_moment", "n_blocks"):
         out[key] = [d.get(key, math.nan) if d.get(key) is not None else math.nan for d in det]
     out = _ordered(out)
@@ -274,31 +274,31 @@ def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _spectrum_display(table: pd.DataFrame) -> pd.DataFrame:
+def spectrum_display(table: pd.DataFrame) -> pd.DataFrame:
     """The spectrum table as shown: one line per (run, estimator) with its interval."""
     rows = []
     for r in table.itertuples(index=False):
         note = ""
         if not pd.isna(r.lambda_max):
-            note = f"λ_max ≈ {_fmt(r.lambda_max)}, λ_min ≈ {_fmt(r.lambda_min)}"
+            note = f"λ_max ≈ {format_number(r.lambda_max)}, λ_min ≈ {format_number(r.lambda_min)}"
             if not pd.isna(r.second_moment):
-                note += f", tr(H²)/d ≈ {_fmt(r.second_moment)}"
+                note += f", tr(H²)/d ≈ {format_number(r.second_moment)}"
         elif not pd.isna(r.n_blocks):
             note = f"{int(r.n_blocks)} blocks"
         per_dim = r.value_per_dim if r.estimator in ("trace", "density") else math.nan
         rows.append(
             {
                 "optimizer": r.label,
-                "step": _fmt(r.step),
+                "step": format_number(r.step),
                 "quantity": r.metric or r.estimator,
                 "estimator": r.estimator,
                 "rotation": "" if r.rotation == "none" else r.rotation,
-                "estimate": _fmt(r.value),
+                "estimate": format_number(r.value),
                 "interval": _interval(r.low, r.high, r.confidence),
-                "mean eigenvalue": _fmt(per_dim),
+                "mean eigenvalue": format_number(per_dim),
                 "notes": note,
-                "d": _fmt(r.d),
-                "HVPs": _fmt(r.n_hvp),
+                "d": format_number(r.d),
+                "HVPs": format_number(r.n_hvp),
             }
         )
     out = pd.DataFrame(rows)

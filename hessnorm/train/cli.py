@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hessnorm.cliutil import add_dataclass_arguments, values_for
+from hessnorm.errors import ConfigError
 from hessnorm.optim.factory import OPTIMIZERS
 from hessnorm.partition import PARTITIONS
 from hessnorm.train.loop import TrainConfig, train
@@ -22,7 +24,10 @@ __all__ = ["configure_parser", "run", "main"]
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``train`` options to ``p``.
+    """Add the ``train`` options to ``p``: one flag per :class:`TrainConfig` field.
+
+    Defaults and help come from ``TrainConfig`` itself (its fields and its docstring's
+    ``Attributes``), so they are never restated here.
 
     Example:
         >>> p = argparse.ArgumentParser()
@@ -32,37 +37,40 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         ('gpt', 'signgd', 7, True)
     """
     p.description = "Train a reference model; writes config.json, metrics.csv, ckpt_*.pt."
-    p.add_argument("--task", choices=TASKS, default="gpt")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (task default)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--ckpt-every", type=int, default=0, help="0: only the final checkpoint")
-    p.add_argument("--eval-every", type=int, default=0, help="0: every steps/10")
-    p.add_argument("--beta1", type=float, default=None)
-    p.add_argument("--beta2", type=float, default=None)
-    p.add_argument("--eps", type=float, default=1e-8)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--partition", choices=PARTITIONS, default="by_tensor")
-    p.add_argument("--rotation", default="randperm:depth=2,seed=0")
-    p.add_argument("--record-smoothness-every", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--schedule", choices=("cosine", "constant"), default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--eval-examples", type=int, default=None)
-    p.add_argument("--data-dir", default=None, help="nanoGPT data folder or CIFAR-10 folder")
-    p.add_argument("--task-options", default="{}", help="JSON, e.g. '{\"n_layer\": 4}'")
-    p.add_argument("--no-bias-correction", action="store_true", help="paper Alg. 1-3 as written")
-    p.add_argument("--eps-inside", action="store_true", help="sqrt(v + eps) as in the paper")
-    p.add_argument("--v0", type=float, default=0.0)
-    p.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
+    add_dataclass_arguments(
+        p,
+        TrainConfig,
+        exclude=("progress",),
+        choices={
+            "task": TASKS,
+            "optimizer": OPTIMIZERS,
+            "partition": PARTITIONS,
+            "dtype": ("float32", "float64"),
+            "schedule": ("cosine", "constant"),
+        },
+        required=("out",),
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=True)
-    g.add_argument("--quiet", dest="progress", action="store_false")
+    g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``hessnorm train`` flags.
+
+    Raises:
+        ConfigError: ``--task-options`` that is not a JSON object.
+    """
+    values = values_for(TrainConfig, args)
+    raw = values.get("task_options")
+    if isinstance(raw, str):
+        try:
+            values["task_options"] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--task-options must be a JSON object, got {raw!r}: {exc}") from exc
+    if not isinstance(values.get("task_options", {}), dict):
+        raise ConfigError(f"--task-options must be a JSON object, got {raw!r}")
+    return TrainConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,38 +88,7 @@ def run(args: argparse.Namespace) -> int:
         >>> code, (pathlib.Path(out) / "ckpt_000002.pt").is_file()
         (0, True)
     """
-    cfg = TrainConfig(
-        task=args.task,
-        optimizer=args.optimizer,
-        steps=args.steps,
-        lr=args.lr,
-        out=args.out,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        dtype=args.dtype,
-        ckpt_every=args.ckpt_every,
-        eval_every=args.eval_every,
-        beta1=args.beta1,
-        beta2=args.beta2,
-        eps=args.eps,
-        weight_decay=args.weight_decay,
-        partition=args.partition,
-        rotation=args.rotation,
-        record_smoothness_every=args.record_smoothness_every,
-        progress=args.progress,
-        batch_size=args.batch_size,
-        schedule=args.schedule,
-        warmup=args.warmup,
-        eval_examples=args.eval_examples,
-        data_dir=args.data_dir,
-        task_options=json.loads(args.task_options),
-        bias_correction=not args.no_bias_correction,
-        eps_inside=args.eps_inside,
-        v0=args.v0,
-        compile=args.compile,
-    )
-    result = train(cfg)
+    result = train(config_from_args(args))
     print(
         f"done: step {result['step']}, train loss {result['train_loss']:.4f}, "
         f"eval loss {result['eval_loss']:.4f}; checkpoint {result['checkpoint']}"

@@ -54,7 +54,40 @@ class TrainConfig:
     :func:`hessnorm.train.tasks.build_task` (e.g. ``{"n_layer": 4}`` for gpt,
     ``{"t": 0.1}`` for quadratic). ``rotation`` is used by ``rotated-adam``;
     ``partition`` by ``blockwise-adam``. ``bias_correction``, ``eps_inside`` and ``v0``
-    switch Adam-type optimizers to paper 000's Algorithm 1-3 as written.
+    switch Adam-type optimizers to paper 000's Algorithm 1-3 as written. This class is
+    the one source of the trainer's defaults: ``hessnorm train`` derives its flags and
+    their help from the fields and the lines below.
+
+    Attributes:
+        task: the trainer task (quadratic, gpt, resnet).
+        optimizer: the optimizer (adam, adasgd, blockwise-adam, rotated-adam, sgd, signgd, rmsprop).
+        steps: optimizer steps.
+        lr: peak learning rate (None: the task's default).
+        out: run folder (config.json, metrics.csv, ckpt_*.pt).
+        device: cpu, cuda or auto (cuda when available).
+        seed: seeds the model's initialisation and the data order.
+        resume: continue from the run folder's last checkpoint.
+        dtype: parameter dtype.
+        ckpt_every: save a checkpoint every this many steps (0: only the final one).
+        eval_every: evaluate every this many steps (0: every steps/10).
+        beta1: Adam's β₁ (None: the task's default).
+        beta2: Adam's β₂ (None: the task's default).
+        eps: Adam's ε.
+        weight_decay: decoupled weight decay (AdamW-style).
+        partition: blocks of blockwise-adam (by_tensor, by_row, coordinates, single).
+        rotation: rotation R of rotated-adam (a spec such as randperm:depth=2,seed=0).
+        record_smoothness_every: record local smoothness every this many steps (0: never).
+        progress: show a progress bar.
+        batch_size: training batch size (None: the task's default).
+        schedule: learning-rate schedule, cosine or constant (None: the task's default).
+        warmup: warm-up steps (None: the task's default).
+        eval_examples: evaluation examples (None: the task's default).
+        data_dir: nanoGPT data folder (train.bin/val.bin) or CIFAR-10 folder.
+        task_options: task options as JSON, e.g. '{"n_layer": 4}'.
+        bias_correction: Adam's bias correction (off: paper 000 Alg. 1-3 as written).
+        eps_inside: ε inside the square root, sqrt(v + ε), as in the paper.
+        v0: initial value of Adam's second moment v.
+        compile: torch.compile the model (CUDA only).
 
     Example:
         >>> cfg = TrainConfig(task="quadratic", optimizer="rotated-adam", steps=10)

@@ -118,7 +118,7 @@ class QuadraticModel(nn.Module):
         return z.unsqueeze(0).expand(inputs.shape[0], -1)
 
 
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     """Build a module drawing from torch's global RNG without disturbing it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -210,7 +210,7 @@ def _gpt(options, seed, dtype, device) -> Task:
     if vocab is not None and opts["vocab_size"] < vocab:
         raise ConfigError(f"vocab_size {opts['vocab_size']} < {vocab} tokens of the corpus.")
     config = GPTConfig(**{k: opts[k] for k in GPTConfig.__dataclass_fields__})
-    model = _seeded(seed, lambda: GPT(config)).to(device=device, dtype=dtype)
+    model = seeded(seed, lambda: GPT(config)).to(device=device, dtype=dtype)
     T, B = config.block_size, int(opts["batch_size"])
     if len(val) <= T + 1 or len(train) <= T + 1:
         raise ConfigError(f"the text corpus is shorter than block_size + 1 = {T + 1} tokens.")
@@ -288,7 +288,7 @@ def _resnet(options, seed, dtype, device) -> Task:
         augment = True
     else:
         raise ConfigError(f"unknown resnet dataset {opts['dataset']!r}; use 'digits' or 'cifar10'.")
-    model = _seeded(
+    model = seeded(
         seed,
         lambda: ResNet(
             in_channels=x_tr.shape[1], width=int(opts["width"]), stages=int(opts["stages"])
