@@ -25,7 +25,10 @@ def test_error_shrinks_like_inverse_sqrt_n(problems):
 
     def rmse(n, seeds):
         errs = torch.tensor(
-            [l11_norm(H, n=n, seed=s, interval=False, progress=False).value / truth - 1 for s in seeds]
+            [
+                l11_norm(H, n=n, seed=s, interval=False, progress=False).value / truth - 1
+                for s in seeds
+            ]
         )
         return errs.pow(2).mean().sqrt().item(), errs.mean().item()
 
