@@ -46,7 +46,7 @@ from torch import nn
 
 from hessnorm._io import read_state
 from hessnorm.errors import CheckpointError, ConfigError
-from hessnorm.inputs import DEFAULT_LM_WINDOWS, CheckpointInfo, EvalSet
+from hessnorm.inputs import DEFAULT_LM_WINDOWS, EVAL_BATCH, CheckpointInfo, EvalSet
 from hessnorm.train.runs import list_checkpoints, rebuild
 from hessnorm.train.tasks import build_task
 
@@ -320,7 +320,7 @@ NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "voca
 #: Relative part of the tolerance on ``best_val_loss`` (see :func:`check_best_val_loss`).
 BEST_VAL_REL_TOL = 0.01
 
-_EVAL_BATCH = 16
+_EVAL_BATCH = EVAL_BATCH  # windows per batch (hessnorm.inputs)
 
 
 def nanogpt_eval_windows(
