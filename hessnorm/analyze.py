@@ -721,7 +721,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> AnalyzeOptions:
-    """The :class:`~hessnorm.inputs.AnalyzeOptions` of parsed ``hessnorm analyze`` flags."""
+    """The :class:`~hessnorm.inputs.AnalyzeOptions` of parsed ``hessnorm analyze`` flags.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> o = options_from_args(p.parse_args(["ckpt.pt", "--estimators", "l11",
+        ...                                     "--n-cauchy", "20", "--eval-examples", "8"]))
+        >>> o.per_estimator()["l11"], o.eval.windows, o.progress
+        ({'n_cauchy': 20}, 8, True)
+    """
     from hessnorm.cliutil import values_for
     from hessnorm.registry import estimator_options
 

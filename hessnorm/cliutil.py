@@ -75,7 +75,12 @@ def plain_text(text: str) -> str:
 
 
 def flag_name(field: str) -> str:
-    """``eval_resamples`` -> ``--eval-resamples``."""
+    """``eval_resamples`` -> ``--eval-resamples``.
+
+    Example:
+        >>> flag_name("eval_resamples")
+        '--eval-resamples'
+    """
     return "--" + field.replace("_", "-")
 
 
@@ -173,7 +178,16 @@ def add_dataclass_arguments(
 
 
 def values_for(cls: type, args: argparse.Namespace, names: Iterable[str] | None = None) -> dict:
-    """The parsed values of ``cls``'s fields present in ``args`` (or only ``names``)."""
+    """The parsed values of ``cls``'s fields present in ``args`` (or only ``names``).
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     a: int = 1
+        ...     b: int = 2
+        >>> values_for(C, argparse.Namespace(a=5, other=0)), values_for(C, argparse.Namespace(a=5, b=6), ["b"])
+        ({'a': 5}, {'b': 6})
+    """
     wanted = set(names) if names is not None else {f.name for f in dataclasses.fields(cls)}
     return {
         f.name: getattr(args, f.name)

@@ -102,6 +102,10 @@ class EvalData:
         tokens: tokens per window (None for non-sequence data).
         rule: how the examples were chosen (``lm_windows: evenly spaced ...``).
         data_seed: the seed of random window offsets (None: deterministic).
+
+    Example:
+        >>> EvalData("task resnet", "eval", 512, None, "fixed split").columns()["eval_windows"]
+        512
     """
 
     data: str
@@ -167,6 +171,14 @@ class CheckpointInfo:
 
     ``info["kind"]`` and ``info.get("best_val_loss")`` read fields and ``extra`` alike
     (a read-only mapping view, for code written against the former metadata dict).
+
+    Example:
+        >>> info = CheckpointInfo.from_loader({"checkpoint": "c.pt", "kind": "nanogpt",
+        ...     "task": "gpt", "step": 5, "data": "d/val.bin", "split": "val",
+        ...     "eval_windows": 64, "eval_tokens": 256, "eval_rule": "lm_windows",
+        ...     "best_val_loss": 2.5})
+        >>> info.kind, info.eval.windows, info.extra["best_val_loss"], info["eval_tokens"]
+        ('nanogpt', 64, 2.5, 256)
     """
 
     checkpoint: str
@@ -233,6 +245,10 @@ class EstimatorContext:
         checkpoint: the checkpoint's :class:`CheckpointInfo` (None off a checkpoint).
         path: the checkpoint file (None off a checkpoint).
         model: the loaded model (its named parameters map the operator's coordinates).
+
+    Example:
+        >>> EstimatorContext().checkpoint is None
+        True
     """
 
     checkpoint: CheckpointInfo | None = None

@@ -162,6 +162,11 @@ class EstimatorSpec:
         argument: the option set by ``NAME:ARG`` (None: no such form).
         columns: extra result columns the estimator fills from its ``details``.
         takes_context: ``fn`` takes ``context`` (what analyze knows of the checkpoint).
+
+    Example:
+        >>> spec = get_estimator("l11")
+        >>> spec.metric, spec.family, spec.option_names, spec.resolve({"n_cauchy": "20"})
+        ('H(L, Φ_Adam)', 'smoothness', ('n_cauchy',), {'n_cauchy': 20})
     """
 
     name: str
@@ -267,6 +272,11 @@ class Selection:
         spec: the registered estimator.
         rotated: the name asks for the rotated loss L∘R (``rotated-`` prefix).
         fixed: options fixed by the name (``blockwise:by_row`` -> ``{"partition": "by_row"}``).
+
+    Example:
+        >>> (sel,) = parse_estimators(["rotated-spectral"])
+        >>> sel.spec.name, sel.rotated, sel.labels()
+        ('spectral', True, ('H(L∘R, Φ_AdaSGD)', 'd‖RᵀHR‖₂'))
     """
 
     label: str
@@ -501,6 +511,10 @@ def get_estimator(name: str) -> EstimatorSpec:
 
     Raises:
         ConfigError: no such estimator.
+
+    Example:
+        >>> get_estimator("trace").family
+        'spectrum'
     """
     specs = estimators()
     if name not in specs:
@@ -555,7 +569,12 @@ def parse_estimators(estimators_: str | Iterable[str]) -> list[Selection]:
 
 
 def names() -> list[str]:
-    """The accepted names in registry order (``blockwise:PARTITION`` for argument forms)."""
+    """The accepted names in registry order (``blockwise:PARTITION`` for argument forms).
+
+    Example:
+        >>> names()[:3]
+        ['spectral', 'l11', 'blockwise:PARTITION']
+    """
     return [
         f"{s.name}:{s.argument.upper()}" if s.argument else s.name for s in estimators().values()
     ]
@@ -570,6 +589,11 @@ def estimator_options() -> dict[str, Option]:
 
     Raises:
         ConfigError: two estimators declare one option name with different types.
+
+    Example:
+        >>> opts = estimator_options()
+        >>> opts["n_cauchy"].flag, opts["n_cauchy"].default, opts["tol"].type
+        ('--n-cauchy', 50, <class 'float'>)
     """
     out: dict[str, Option] = {}
     owner: dict[str, str] = {}
@@ -635,6 +659,10 @@ def describe() -> list[str]:
     """One line per registered estimator: name, family, metric, cost, description.
 
     This is what ``hessnorm estimators`` prints.
+
+    Example:
+        >>> describe()[0].split()[:2]
+        ['spectral', '[smoothness]']
     """
     lines = []
     specs = estimators()
@@ -655,7 +683,15 @@ def describe() -> list[str]:
 
 
 def configure_parser(p) -> None:
-    """``hessnorm estimators``: no options."""
+    """``hessnorm estimators``: no options.
+
+    Example:
+        >>> import argparse
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> p.parse_args([])
+        Namespace()
+    """
     p.description = (
         "List the registered estimators (built-in and installed plug-ins of the entry-point "
         f"group {ENTRY_POINT_GROUP}): name, family, what it reports, HVP cost, description."
@@ -663,7 +699,15 @@ def configure_parser(p) -> None:
 
 
 def run(args) -> int:
-    """Print :func:`describe`, one line per estimator; returns 0."""
+    """Print :func:`describe`, one line per estimator; returns 0.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     code = run(None)
+        >>> code, out.getvalue().startswith("spectral")
+        (0, True)
+    """
     for line in describe():
         print(line)
     print(

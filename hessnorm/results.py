@@ -144,7 +144,12 @@ def is_spectrum(label: str) -> bool:
 
 
 def family(label: str) -> str | None:
-    """The registered family of an estimator label, or None for unknown names."""
+    """The registered family of an estimator label, or None for unknown names.
+
+    Example:
+        >>> family("blockwise:by_tensor"), family("density"), family("nope")
+        ('smoothness', 'spectrum', None)
+    """
     from hessnorm.registry import parse_estimators
 
     try:
@@ -346,6 +351,14 @@ def read_results(path: str | Path):
 
     Raises:
         ConfigError: unreadable, or JSON that is not a list of rows.
+
+    Example:
+        >>> import tempfile, pathlib, pandas as pd
+        >>> p = write_results(pd.DataFrame({"value": [2.0], "details": [{"a": [1, 2]}]}),
+        ...                   pathlib.Path(tempfile.mkdtemp()) / "r.json")
+        >>> df = read_results(p)
+        >>> float(df["value"][0]), df["details"][0]
+        (2.0, {'a': [1, 2]})
     """
     import pandas as pd
 
@@ -392,6 +405,10 @@ def read_spectra(row: Mapping[str, Any], cache: dict | None = None) -> dict | No
 
     Raises:
         ConfigError: the file exists but is not a ``hessnorm-spectra/1`` sidecar.
+
+    Example:
+        >>> read_spectra({"details": {}, "source": "r.csv"}) is None  # no spectra named
+        True
     """
     d = details_from_text(row["details"])
     name, key = d.get("spectra_file"), d.get("spectra_key")

@@ -597,6 +597,16 @@ def blockwise_entry(
     Args:
         partition: the parameter partition Φ (``Partition.named``): one block per tensor,
             per output row, per coordinate, or a single block.
+
+    Example:
+        >>> from torch import nn
+        >>> from hessnorm.operator import HessianOperator
+        >>> net = nn.Linear(2, 1).double()
+        >>> x = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+        >>> op = HessianOperator.from_module(net, nn.functional.mse_loss, (x, torch.zeros(2, 1)))
+        >>> est = blockwise_entry(op, partition="by_tensor")  # d = 3, exact columns
+        >>> est.details["partition"], est.details["method"]
+        ('by_tensor', 'exact block columns')
     """
     est = blockwise_smoothness(op, Partition.named(partition, op), seed=seed, progress=progress)
     return dataclasses.replace(est, details={**est.details, "partition": partition})

@@ -652,5 +652,10 @@ def l11_entry(op, *, seed: int = 0, progress: bool = False, n_cauchy: int = 50) 
 
     Args:
         n_cauchy: Cauchy probes (paper 000 uses 50; the interval narrows as 1/√n).
+
+    Example:
+        >>> est = l11_entry(torch.eye(4, dtype=torch.float64), n_cauchy=20)
+        >>> est.name, est.covers(4.0)  # ‖I₄‖₁,₁ = 4
+        ('l11_norm', True)
     """
     return l11_norm(op, n=n_cauchy, seed=seed, progress=progress)

@@ -785,7 +785,13 @@ def density_entry(op, *, seed: int = 0, progress: bool = False) -> Estimate:
 
     Details: λ_max, λ_min and tr(H²)/d with its interval; the density itself (per-probe
     nodes and weights) is carried in ``artifacts["spectra"]``.
+
+    Example:
+        >>> est = density_entry(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+        >>> round(est.value, 8), list(est.artifacts["spectra"]), round(est.details["lambda_max"], 8)
+        (6.0, ['H'], 3.0)
     """
+    op = as_operator(op)
     sd = spectral_density(op, seed=seed, progress=progress)
     est = sd.to_estimate()
     details = {k: v for k, v in est.details.items() if k not in ("nodes", "weights")}
@@ -821,6 +827,16 @@ def block_spectra_entry(
 
     Args:
         partition: the blocks whose densities are compared (``Partition.named``).
+
+    Example:
+        >>> from torch import nn
+        >>> from hessnorm.operator import HessianOperator
+        >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.arange(8) % 2
+        >>> op = HessianOperator.from_module(net, nn.functional.cross_entropy, (x, y))
+        >>> est = block_spectra_entry(op)
+        >>> est.details["n_blocks"], sorted(est.artifacts["spectra"]) == sorted(op.param_names)
+        (4, True)
     """
     from hessnorm.operator import HessianOperator
 

@@ -352,5 +352,10 @@ def diagonal_share_entry(
 
     Args:
         n_cauchy: Cauchy probes of the (1,1)-norm in the denominator.
+
+    Example:
+        >>> est = diagonal_share_entry(torch.eye(3, dtype=torch.float64), n_cauchy=20)
+        >>> est.covers(1.0)  # all of I's (1,1)-mass is on its diagonal
+        True
     """
     return diagonal_share(op, n_l11=n_cauchy, seed=seed, progress=progress)

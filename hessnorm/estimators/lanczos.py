@@ -699,6 +699,11 @@ def spectral_entry(
     Args:
         tol: relative interval width at which Lanczos stops.
         max_iter: cap on Lanczos steps (= HVPs); the interval is wider when reached.
+
+    Example:
+        >>> est = spectral_entry(torch.diag(torch.tensor([3.0, -5.0], dtype=torch.float64)))
+        >>> round(est.value, 10), round(est.details["lambda_min_unconverged"], 10)
+        (5.0, -5.0)
     """
     est = spectral_norm(op, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
     details = dict(est.details)

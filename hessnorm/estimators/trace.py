@@ -219,5 +219,10 @@ def trace(
     hvp_cost=lambda o, d: min(60, d),
 )
 def trace_entry(op, *, seed: int = 0, progress: bool = False) -> Estimate:
-    """tr(H) by Hutch++ with a Student-t interval over the residual probes (:func:`trace`)."""
+    """tr(H) by Hutch++ with a Student-t interval over the residual probes (:func:`trace`).
+
+    Example:
+        >>> trace_entry(torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))).value  # d < 60: exact
+        1.0
+    """
     return trace(op, seed=seed, progress=progress)
