@@ -12,6 +12,7 @@ import hessnorm as hn
 from hessnorm import errors
 from hessnorm.analyze import smoothness_along_run
 from hessnorm.checkpoint import load
+from hessnorm.results import read_results
 from hessnorm.train import TrainConfig, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_train_analyze_report_end_to_end(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    df = pd.read_csv(results)
+    df = read_results(results)  # the file boundary: details parsed back into dicts
     steps = sorted(set(df["step"]))
     assert steps == [2, 4] and len(df) == 4
     last = df[(df["step"] == 4) & (df["estimator"] == "l11")].iloc[0]
