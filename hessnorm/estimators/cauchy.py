@@ -99,6 +99,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators import _fd_widen, _space
 from hessnorm.estimators._disk import read_into, tensor_bytes, unlinked_file, write_all
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import _available_memory, all_finite, as_operator
@@ -360,6 +361,34 @@ def _draw_probes(
     return out
 
 
+def _draw_probe_ranges(
+    seed: int, first: int, k: int, d: int, ranges, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """The columns ``ranges`` ([lo, hi) pairs, concatenated) of probes first … first + k − 1.
+
+    The same stream positions as :func:`_draw_probes` (entry j of probe i at i·d + j),
+    so a sharded operator's local shard of each probe equals those columns of the
+    unsharded probe, bit for bit, for any number of ranks.
+    """
+    key = _probe_key(seed)
+    width = sum(hi - lo for lo, hi in ranges)
+    out = torch.empty(k, width, dtype=dtype)
+    buf = torch.empty(_BLOCK, dtype=torch.float64)
+    for i in range(k):
+        col = 0
+        for lo, hi in ranges:
+            p, end = (first + i) * d + lo, (first + i) * d + hi
+            while p < end:
+                b = p // _BLOCK
+                stop = min(end, (b + 1) * _BLOCK)
+                view = buf[: stop - p]
+                _fill_block(key, b, p, stop, view)
+                out[i, col : col + stop - p] = view
+                col += stop - p
+                p = stop
+    return out
+
+
 class _DiskRows:
     """An (n, d) matrix in an unlinked temporary file: rows written, column slices read.
 
@@ -460,7 +489,7 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    d = op.d
+    d = _space.local_d(op)
     if _is_disk(store_device):
         where = None if isinstance(store_device, str) else store_device
         Y = _DiskRows(n, d, store_dtype, where)
@@ -480,7 +509,10 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     ):
 
         def draw(start):
-            return _draw_probes(seed, start, min(chunk_size, n - start), d, draw_dtype, workers)
+            k = min(chunk_size, n - start)
+            if _space.is_sharded(op):  # this rank's columns of the global probes
+                return _draw_probe_ranges(seed, start, k, op.d, op.local_ranges, draw_dtype)
+            return _draw_probes(seed, start, k, d, draw_dtype, workers)
 
         nxt = pool.submit(draw, starts[0])
         for i, start in enumerate(starts):
@@ -689,17 +721,18 @@ def l11_norm(
     t0 = time.perf_counter()
     d = op.d
     store_dtype = store_dtype or op.dtype
-    store_device = _store_plan(n, d, store_dtype, store_device, op.device)
+    store_device = _store_plan(n, _space.local_d(op), store_dtype, store_device, op.device)
     if chunk_size is None:
         chunk_size = max(1, min(n, (1 << 27) // max(d, 1)))
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
     with_interval = n_boot > 0 and n >= _MIN_N_INTERVAL[method]
+    fd_start = _fd_widen.begin(op)
 
     Y = _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     store = f"disk ({Y.directory})" if isinstance(Y, _DiskRows) else f"memory ({Y.device})"
-    slices = getattr(op, "param_slices", None) or {"all": slice(0, d)}
+    slices = getattr(op, "param_slices", None) or {"all": slice(0, _space.local_d(op))}
     try:
         raw, per_tensor_raw, Z, per_tensor_z = _summarize(
             Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
@@ -708,6 +741,10 @@ def l11_norm(
         if isinstance(Y, _DiskRows):
             Y.close()
     del Y
+    if _space.is_sharded(op):  # every sum over coordinates, over all ranks at once
+        raw, per_tensor_raw, Z, per_tensor_z = _allreduce_sums(
+            op, raw, per_tensor_raw, Z, per_tensor_z
+        )
     scale = c_n if debias else 1.0
     value = raw / scale
     per_tensor = {k: v / scale for k, v in per_tensor_raw.items()}
@@ -731,7 +768,7 @@ def l11_norm(
     else:
         low = high = value
         kind, conf_out, se, kappa = "none (n_boot=0)", math.nan, math.nan, math.nan
-    return Estimate(
+    est = Estimate(
         name="l11_norm",
         value=value,
         low=low,
@@ -755,3 +792,24 @@ def l11_norm(
             "theorem_d2_rel_error": _theorem_d2_rel_error(n, d, confidence),
         },
     )
+    return _fd_widen.widen(est, op, fd_start)
+
+
+def _allreduce_sums(op, raw, per_tensor_raw, Z, per_tensor_z):
+    """The coordinate sums of :func:`_summarize`, summed over a sharded operator's ranks."""
+    names = list(per_tensor_raw)
+    n = Z.shape[0]
+    flat = torch.cat(
+        [
+            torch.tensor([raw, *(per_tensor_raw[k] for k in names)], dtype=torch.float64),
+            Z.double(),
+            *(per_tensor_z[k].double() for k in names),
+        ]
+    )
+    flat = _space.allreduce(op, flat)
+    m = len(names)
+    raw = float(flat[0])
+    per_raw = {k: float(flat[1 + i]) for i, k in enumerate(names)}
+    Z = flat[1 + m : 1 + m + n].clone()
+    per_z = {k: flat[1 + m + n * (i + 1) : 1 + m + n * (i + 2)].clone() for i, k in enumerate(names)}
+    return raw, per_raw, Z, per_z
