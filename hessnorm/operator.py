@@ -480,6 +480,9 @@ class HessianOperator(_Base):
                 by ``n_b / N``, ``N`` all-reduced once here; partial sums all-reduced),
                 identical on every rank; every rank must make the same calls. See
                 :mod:`hessnorm.distributed`: each rank holds the whole model.
+                A model whose parameters are FSDP2-sharded (DTensor) gives a
+                :class:`hessnorm.sharded.ShardedOperator` instead: local-shard
+                vectors, finite-difference HVPs, the model used in place.
 
         Raises:
             EmptyDataError, SelectionError, StochasticModelError, ShapeError.
@@ -487,6 +490,13 @@ class HessianOperator(_Base):
             With a process group an empty shard on any rank raises EmptyDataError on
             every rank.
         """
+        from hessnorm.sharded import ShardedOperator, is_sharded_module
+
+        if is_sharded_module(model):  # FSDP2 (DTensor) parameters: hessnorm.sharded
+            return ShardedOperator.from_module(  # type: ignore[return-value]
+                model, loss_fn, data, params=params, dtype=dtype, device=device, mode=mode,
+                process_group=process_group,
+            )
         group = _process_group(process_group)
         if group is None:
             parts = cls._local_parts(
