@@ -768,6 +768,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="under torchrun: seconds a collective may wait before every rank stops (default 600)",
     )
+    p.add_argument(
+        "--shard",
+        choices=["fsdp"],
+        default=None,
+        help="under torchrun: shard the model itself with FSDP2 (each rank loads only its "
+        "slice of the checkpoint; finite-difference HVPs; see hessnorm.sharded_load)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -834,6 +841,10 @@ def _run(args: argparse.Namespace) -> int:
         eval_resamples=args.eval_resamples,
         out=args.out,
     )
+    if getattr(args, "shard", None) == "fsdp":  # the model sharded too: hessnorm.sharded_load
+        from hessnorm.sharded_load import analyze_sharded_args
+
+        return analyze_sharded_args(args)
     df = analyze(
         args.checkpoints,
         args.estimators,

@@ -494,7 +494,13 @@ class HessianOperator(_Base):
 
         if is_sharded_module(model):  # FSDP2 (DTensor) parameters: hessnorm.sharded
             return ShardedOperator.from_module(  # type: ignore[return-value]
-                model, loss_fn, data, params=params, dtype=dtype, device=device, mode=mode,
+                model,
+                loss_fn,
+                data,
+                params=params,
+                dtype=dtype,
+                device=device,
+                mode=mode,
                 process_group=process_group,
             )
         group = _process_group(process_group)
@@ -822,7 +828,9 @@ class HessianOperator(_Base):
             rows = []
             for u in V:
                 h = fd_step(self.dtype, theta, float(u.double().norm()))
-                rows.append(torch.stack(central_difference_pair(self._local_gradient, self.point, u, h)))
+                rows.append(
+                    torch.stack(central_difference_pair(self._local_gradient, self.point, u, h))
+                )
             return torch.stack(rows)  # (k, 2, d)
 
         both = self._dist.reduce("a Hessian-vector product", pair) if self._dist else pair()

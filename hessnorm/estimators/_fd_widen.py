@@ -120,4 +120,6 @@ def widen(est: Estimate, op, start: int) -> Estimate:
     worst = max((e / y if y > 0 else (math.inf if e > 0 else 0.0)) for _, e, y in recs)
     info = {"hvps": len(recs), "worst_relative_error": worst, **extra}
     details = {**est.details, "fd_error": info}
-    return dataclasses.replace(est, low=min(low, est.value), high=max(high, est.value), details=details)
+    return dataclasses.replace(
+        est, low=min(low, est.value), high=max(high, est.value), details=details
+    )

@@ -811,5 +811,7 @@ def _allreduce_sums(op, raw, per_tensor_raw, Z, per_tensor_z):
     raw = float(flat[0])
     per_raw = {k: float(flat[1 + i]) for i, k in enumerate(names)}
     Z = flat[1 + m : 1 + m + n].clone()
-    per_z = {k: flat[1 + m + n * (i + 1) : 1 + m + n * (i + 2)].clone() for i, k in enumerate(names)}
+    per_z = {
+        k: flat[1 + m + n * (i + 1) : 1 + m + n * (i + 2)].clone() for i, k in enumerate(names)
+    }
     return raw, per_raw, Z, per_z
