@@ -273,7 +273,7 @@ class ShardedOperator:
     # ------------------------------------------------------------------ model access
     def _write(self, x: Tensor) -> None:
         with torch.no_grad():
-            for (n, p), s in zip(self._params, self.param_slices.values()):
+            for (_, p), s in zip(self._params, self.param_slices.values()):
                 local = p.to_local()
                 local.copy_(x[s].view(local.shape))
 
