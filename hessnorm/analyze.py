@@ -844,7 +844,7 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "shard", None) == "fsdp":  # the model sharded too: hessnorm.sharded_load
         from hessnorm.sharded_load import analyze_sharded_args
 
-        return analyze_sharded_args(args)
+        return analyze_sharded_args(args, analyze_operator, format_table, write_results)
     df = analyze(
         args.checkpoints,
         args.estimators,

@@ -496,7 +496,7 @@ class HessianOperator(_Base):
             return ShardedOperator.from_module(  # type: ignore[return-value]
                 model,
                 loss_fn,
-                data,
+                _normalize_batches(data),
                 params=params,
                 dtype=dtype,
                 device=device,

@@ -97,9 +97,25 @@ class ShardedOperator:
         vector; point: the local shard of θ; hvp_error: the FD error log.
 
     Example:
-        See tests/test_fsdp.py (needs a process group): on a float64 MLP sharded over
-        two ranks ``op.gather(op.hvp(op.scatter(v)))`` equals the dense Hessian times
-        v to the logged FD error.
+        A one-process gloo group (torchrun starts one process per rank; tests/test_fsdp.py
+        runs two):
+
+        >>> import torch.distributed as dist
+        >>> from torch.distributed.fsdp import fully_shard
+        >>> from hessnorm.operator import HessianOperator
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> try:
+        ...     _ = torch.manual_seed(0)
+        ...     net = nn.Linear(3, 1).double()
+        ...     x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+        ...     X = torch.cat([x, torch.ones(8, 1, dtype=torch.float64)], 1)
+        ...     H = 2 * X.T @ X / 8  # the Hessian of the mean squared error in (w, b)
+        ...     op = HessianOperator.from_module(fully_shard(net), nn.functional.mse_loss, (x, y))
+        ...     hv = op.gather(op.hvp(op.scatter(torch.ones(4, dtype=torch.float64))))
+        ... finally:
+        ...     dist.destroy_process_group()
+        >>> type(op).__name__, op.d, torch.allclose(hv, H.sum(1), atol=1e-8)
+        ('ShardedOperator', 4, True)
     """
 
     mode = "fd"
@@ -119,7 +135,6 @@ class ShardedOperator:
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
         from hessnorm.distributed import _example_count
-        from hessnorm.operator import _normalize_batches
 
         if not (dist.is_available() and dist.is_initialized()):
             raise ShapeError(
@@ -185,7 +200,10 @@ class ShardedOperator:
         self.point = torch.cat([p.to_local().detach().reshape(-1) for _, p in named]).clone()
         self._restore = self.point  # the model's own values, written back after every call
         self._theta_norm = None
-        batches = _normalize_batches(data)
+        # HessianOperator.from_module hands over its normalised batch list; a bare
+        # (inputs, targets) pair of tensors is one batch
+        pair = isinstance(data, (tuple, list)) and len(data) == 2
+        batches = [tuple(data)] if pair and all(isinstance(t, Tensor) for t in data) else list(data)
         moved, counts = [], []
         for inputs, targets in batches:
             n = _example_count((inputs, targets))

@@ -189,6 +189,14 @@ def load_sharded(
 
     Needs an initialised process group (``torchrun``). See the module docstring for the
     formats. No HVP; reads about 1/N of the parameters per rank.
+
+    Example:
+        Without a process group it says how to launch it:
+
+        >>> load_sharded("ckpt.pt")
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --shard fsdp runs under torchrun: torchrun --nproc-per-node N -m hessnorm analyze CKPT --shard fsdp ...
     """
     import torch.nn.functional as F
 
@@ -270,6 +278,7 @@ def analyze_sharded(
     checkpoints: Sequence[str | Path],
     estimators: Sequence[str],
     *,
+    run_estimators: Callable[..., list] | None = None,
     n_cauchy: int = 50,
     seed: int = 0,
     tol: float = 1e-4,
@@ -279,14 +288,19 @@ def analyze_sharded(
     """Rows of :func:`hessnorm.analyze.analyze` for FSDP-sharded checkpoints (every rank).
 
     Each checkpoint: :func:`load_sharded`, a :class:`~hessnorm.sharded.ShardedOperator`,
-    then the named estimators (spectral, l11 and ``trace`` in Hutchinson form run on
+    then the named estimators through ``run_estimators`` (the CLI passes
+    :func:`hessnorm.analyze.analyze_operator`; this module does not import analyze) (spectral, l11 and ``trace`` in Hutchinson form run on
     it; blockwise and rotated estimators raise a clear error). Rows also carry
-    ``rank_state_bytes`` (max over ranks of the model state an HVP holds) and ``ranks``.
+    ``rank_state_bytes`` (max over ranks of the model state an HVP holds) and ``ranks``
+    (in ``details["shard"]``). tests/test_fsdp.py runs it under torchrun.
+
+    Example:
+        >>> analyze_sharded([], ["spectral"]).shape[0]  # no checkpoint, no row
+        0
     """
     import pandas as pd
 
     from hessnorm import distributed
-    from hessnorm.analyze import analyze_operator
     from hessnorm.operator import HessianOperator
     from hessnorm.results import COLUMNS
 
@@ -304,7 +318,7 @@ def analyze_sharded(
         at = {"loss": op.loss(), "grad_norm": float(op.gradient().double().norm() ** 2)}
         gsq = torch.tensor([at["grad_norm"]], dtype=torch.float64)
         at["grad_norm"] = float(op.allreduce_(gsq)[0]) ** 0.5
-        for row in analyze_operator(
+        for row in run_estimators(
             op, estimators, n_cauchy=n_cauchy, seed=seed, tol=tol, progress=show
         ):
             details = json.loads(row["details"])
@@ -329,10 +343,21 @@ def analyze_sharded(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def analyze_sharded_args(args) -> int:
-    """``hessnorm analyze ... --shard fsdp`` with parsed CLI ``args``; rank 0 prints and writes."""
+def analyze_sharded_args(args, run_estimators, format_table, write_results) -> int:
+    """``hessnorm analyze ... --shard fsdp`` with parsed CLI ``args``; rank 0 prints and writes.
+
+    Example:
+        >>> import argparse
+        >>> from hessnorm.analyze import configure_parser
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> analyze_sharded_args(p.parse_args(["w.pt", "--shard", "fsdp", "--task", "gpt"]),
+        ...                      None, None, None)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.ConfigError: --shard fsdp does not support --task yet; drop them (the model is sharded on the CPU with gloo here)
+    """
     from hessnorm import distributed
-    from hessnorm.analyze import format_table, write_results
     from hessnorm.results import parse_estimators
 
     unsupported = [
@@ -354,6 +379,7 @@ def analyze_sharded_args(args) -> int:
     df = analyze_sharded(
         _expand(args.checkpoints),
         parse_estimators(args.estimators),
+        run_estimators=run_estimators,
         n_cauchy=args.n_cauchy,
         seed=args.seed,
         tol=args.tol,

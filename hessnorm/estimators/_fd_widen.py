@@ -43,7 +43,17 @@ __all__ = ["begin", "widen", "fd_log"]
 
 
 def fd_log(op):
-    """(log, through_rotation): the operator's FD error log, or (None, False) for exact HVPs."""
+    """(log, through_rotation): the operator's FD error log, or (None, False) for exact HVPs.
+
+    Example:
+        >>> import torch
+        >>> from hessnorm.operator import DenseOperator, HessianOperator
+        >>> fd_log(DenseOperator(torch.eye(2)))
+        (None, False)
+        >>> op = HessianOperator.from_function(lambda x: (x**2).sum(), torch.ones(2), mode="fd")
+        >>> type(fd_log(op)[0]).__name__
+        'HVPErrorLog'
+    """
     log = getattr(op, "hvp_error", None)
     if log is not None:
         return log, False
@@ -53,7 +63,16 @@ def fd_log(op):
 
 
 def begin(op) -> int:
-    """Open the estimator's window on the error log; returns its first record's index."""
+    """Open the estimator's window on the error log; returns its first record's index.
+
+    Example:
+        >>> import torch
+        >>> from hessnorm.operator import HessianOperator
+        >>> op = HessianOperator.from_function(lambda x: (x**2).sum(), torch.ones(2), mode="fd")
+        >>> _ = op.hvp(torch.ones(2))
+        >>> begin(op)  # one record so far: the next estimator's window starts at 1
+        1
+    """
     log, _ = fd_log(op)
     return log.mark() if log is not None else 0
 
@@ -101,6 +120,19 @@ def widen(est: Estimate, op, start: int) -> Estimate:
 
     Adds ``details["fd_error"]``: the HVPs counted, the worst relative error
     ‖e‖/‖Hv‖ among them and the widening applied. No HVP.
+
+    Example:
+        >>> import torch
+        >>> from hessnorm.estimate import Estimate
+        >>> from hessnorm.operator import HessianOperator
+        >>> op = HessianOperator.from_function(lambda x: (x**4).sum(), torch.ones(3), mode="fd")
+        >>> start = begin(op)
+        >>> _ = op.hvp(torch.eye(3))  # float32 central differences of 4 x^3
+        >>> est = Estimate("trace", 36.0, 36.0, 36.0, 1.0, n_hvp=3, seconds=0.0, d=3,
+        ...                details={"method": "exact"})
+        >>> wide = widen(est, op, start)
+        >>> wide.low < 36.0 < wide.high, wide.details["fd_error"]["hvps"]
+        (True, 3)
     """
     log, rotated = fd_log(op)
     if log is None or len(log.records) <= start:

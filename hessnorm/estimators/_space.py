@@ -39,28 +39,58 @@ _RADEMACHER_TAG = 0xBB67AE8584CAA73B
 
 
 def is_sharded(op) -> bool:
-    """Whether ``op`` acts on local shards (has ``local_ranges``)."""
+    """Whether ``op`` acts on local shards (has ``local_ranges``).
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> is_sharded(DenseOperator(torch.eye(2)))
+        False
+    """
     return getattr(op, "local_ranges", None) is not None
 
 
 def local_d(op) -> int:
-    """Length of the vectors ``op.hvp`` takes on this process (``op.d`` unless sharded)."""
+    """Length of the vectors ``op.hvp`` takes on this process (``op.d`` unless sharded).
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> local_d(DenseOperator(torch.eye(3)))
+        3
+    """
     return int(getattr(op, "local_d", op.d))
 
 
 def allreduce(op, t: Tensor) -> Tensor:
-    """``t`` summed over the ranks of a sharded operator (in place); ``t`` otherwise."""
+    """``t`` summed over the ranks of a sharded operator (in place); ``t`` otherwise.
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> allreduce(DenseOperator(torch.eye(2)), torch.ones(2)).tolist()
+        [1.0, 1.0]
+    """
     fn = getattr(op, "allreduce_", None) if is_sharded(op) else None
     return t if fn is None else fn(t)
 
 
 def reducer(op):
-    """The all-reduce callable for a sharded operator, None otherwise."""
+    """The all-reduce callable for a sharded operator, None otherwise.
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> reducer(DenseOperator(torch.eye(2))) is None
+        True
+    """
     return (lambda t: allreduce(op, t)) if is_sharded(op) else None
 
 
 def dot(op, a: Tensor, b: Tensor) -> float:
-    """⟨a, b⟩ over all coordinates (a gemv locally; all-reduced in float64 if sharded)."""
+    """⟨a, b⟩ over all coordinates (a gemv locally; all-reduced in float64 if sharded).
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> dot(DenseOperator(torch.eye(2)), torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]))
+        11.0
+    """
     if not is_sharded(op):
         return float(torch.mv(a.unsqueeze(0), b))  # gemv: BLAS dot's threading is slow on CPU
     part = torch.mv(a.unsqueeze(0).double(), b.double())
@@ -68,7 +98,13 @@ def dot(op, a: Tensor, b: Tensor) -> float:
 
 
 def norm(op, a: Tensor) -> float:
-    """‖a‖₂ over all coordinates."""
+    """‖a‖₂ over all coordinates.
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> norm(DenseOperator(torch.eye(2)), torch.tensor([3.0, 4.0]))
+        5.0
+    """
     if not is_sharded(op):
         return float(a.norm())
     sq = (a.double() ** 2).sum().reshape(1)
@@ -102,6 +138,18 @@ def gaussian_unit(op, seed: int, draw: int) -> Tensor:
 
     Entry j is Box–Muller of the stream values at 2(r·d + j) and 2(r·d + j) + 1, so
     it depends on (seed, draw, j) only; the norm is all-reduced.
+
+    Example:
+        >>> class Half:  # the second half of R^4, as rank 1 of 2 would hold it
+        ...     d, local_d, local_ranges = 4, 2, [(2, 4)]
+        >>> class Whole:
+        ...     d, local_d, local_ranges = 4, 4, [(0, 4)]
+        ...     def allreduce_(self, t):
+        ...         return t
+        >>> full = gaussian_unit(Whole(), seed=0, draw=0)
+        >>> half = gaussian_unit(Half(), seed=0, draw=0)  # normalised locally: no peer here
+        >>> torch.allclose(half, full[2:] / full[2:].norm())
+        True
     """
     key = (int(seed) ^ _GAUSS_TAG) % (1 << 128)
     d = op.d
@@ -114,7 +162,18 @@ def gaussian_unit(op, seed: int, draw: int) -> Tensor:
 
 
 def rademacher_rows(op, seed: int, first: int, k: int, dtype, device) -> Tensor:
-    """Rows first … first + k − 1 of ±1 probes, by global coordinate: (k, local_d)."""
+    """Rows first … first + k − 1 of ±1 probes, by global coordinate: (k, local_d).
+
+    Example:
+        >>> class Whole:
+        ...     d, local_d, local_ranges = 6, 6, [(0, 6)]
+        >>> class Tail:
+        ...     d, local_d, local_ranges = 6, 2, [(4, 6)]
+        >>> a = rademacher_rows(Whole(), 0, 0, 2, torch.float64, "cpu")
+        >>> b = rademacher_rows(Tail(), 0, 0, 2, torch.float64, "cpu")
+        >>> torch.equal(a[:, 4:], b), set(a.flatten().tolist()) <= {-1.0, 1.0}
+        (True, True)
+    """
     key = (int(seed) ^ _RADEMACHER_TAG) % (1 << 128)
     d = op.d
     out = torch.empty(k, local_d(op), dtype=dtype, device=device)
