@@ -434,6 +434,15 @@ class ShardedOperator:
         other.hvp_error = HVPErrorLog(sqnorms=other._sqnorms)
         return other
 
+    def rotated(self, rotation) -> None:
+        """Not available: rotations act on full-length vectors, which a shard never holds."""
+        from hessnorm.errors import ConfigError
+
+        raise ConfigError(
+            "rotated estimators do not run on a sharded operator (a rotation mixes all d "
+            "coordinates); drop the rotated-* estimators or analyse on one process"
+        )
+
     def scatter(self, full: Tensor) -> Tensor:
         """This rank's shard of a full-length vector (d,) or (k, d)."""
         parts = [full[..., lo:hi] for lo, hi in self.local_ranges]

@@ -168,3 +168,8 @@ def test_sharded_operators_refuse_unsupported_estimators():
         trace(op, n=6, progress=False)
     with pytest.raises(ConfigError, match="sharded"):
         blockwise_smoothness(op, Partition.from_labels([0, 0, 1, 1]))
+
+
+def test_sharded_operator_refuses_rotations():
+    with pytest.raises(ConfigError, match="rotated estimators"):
+        ShardedOperator.rotated(None, None)
