@@ -716,6 +716,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="under torchrun: seconds a collective may wait before every rank stops (default 600)",
     )
+    p.add_argument(
+        "--shard",
+        choices=["fsdp"],
+        default=None,
+        help="under torchrun: shard the model itself with FSDP2 (each rank loads only its "
+        "slice of the checkpoint; finite-difference HVPs; see hessnorm.sharded_load)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -811,6 +818,10 @@ def _run(args: argparse.Namespace) -> int:
     from hessnorm import distributed
 
     check_analyze_options(device=args.device, out=args.out)
+    if getattr(args, "shard", None) == "fsdp":  # the model sharded too: hessnorm.sharded_load
+        from hessnorm.sharded_load import analyze_sharded_args
+
+        return analyze_sharded_args(args, analyze_operator, format_table, write_results)
     df = analyze(args.checkpoints, options=options_from_args(args))
     if distributed.rank() != 0:
         return 0

@@ -376,7 +376,7 @@ def nanogpt_eval_windows(
     )
 
 
-def _nanogpt_tokens(data_dir, data) -> tuple[Any, dict, int | None]:
+def nanogpt_tokens(data_dir, data) -> tuple[Any, dict, int | None]:
     """(val tokens, description, corpus vocabulary) of the data a nanoGPT checkpoint is read on."""
     import numpy as np
 
@@ -471,7 +471,7 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_se
     if eval_examples is not None and int(eval_examples) < 1:
         raise ConfigError(f"eval_examples must be >= 1, got {eval_examples}")
     n = int(eval_examples or DEFAULT_LM_WINDOWS)
-    tokens, source, corpus_vocab = _nanogpt_tokens(data_dir, data)
+    tokens, source, corpus_vocab = nanogpt_tokens(data_dir, data)
     model = seeded(seed, lambda: GPT(config))
     state = _drop_mask_buffers(_strip_prefix(ckpt["model"]), model)
     model = load_state_into(model, state, "nanoGPT checkpoint")

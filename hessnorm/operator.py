@@ -14,6 +14,9 @@ Three HVP strategies are implemented; all compute the same numbers up to roundin
              and kept alive, so each further HVP is a single backward pass (the
              PyHessian trick). Best for one vector at a time on a small set
              (Lanczos). Costs the memory of those graphs.
+``"fd"``     central differences of two gradients (no second derivative at all),
+             with a Richardson error estimate per HVP kept in ``op.hvp_error``
+             (:mod:`hessnorm.fd`); four gradients per HVP. Explicit only.
 
 ``mode="auto"`` uses ``"graph"`` for single vectors when the evaluation set has at
 most ``max_cached_batches`` batches, ``"fwd"`` for blocks of vectors, and falls back
@@ -111,7 +114,7 @@ class LossOperator(HessianLike, Protocol):
     def dense(self, chunk_size: int = 256) -> Tensor: ...
 
 
-_MODES = ("auto", "fwd", "rev", "graph")
+_MODES = ("auto", "fwd", "rev", "graph", "fd")
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _BN_MODES = ("batch", "frozen")
 
@@ -415,6 +418,12 @@ class HessianOperator(_Base):
         self._dist = _dist  # hessnorm.distributed.DataParallel, or None
         self._graphs: list[tuple[Tensor, Tensor]] | None = None
         self._auto_chunk: int | None = None
+        # mode="fd": finite-difference HVPs and their measured errors (hessnorm.fd)
+        self.hvp_error = None
+        if mode == "fd":
+            from hessnorm.fd import HVPErrorLog
+
+            self.hvp_error = HVPErrorLog()
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -453,7 +462,9 @@ class HessianOperator(_Base):
             batchnorm: ``"batch"`` normalises with the statistics of each batch (as
                 when training with ``track_running_stats=False``, paper 000's
                 setting); ``"frozen"`` uses the running statistics.
-            mode: HVP strategy, see the module docstring.
+            mode: HVP strategy, see the module docstring; ``"fd"`` for
+                finite differences of gradients (models without double backward),
+                whose errors the estimators add to their intervals.
             memory_budget: bytes a chunk of vmapped HVPs, or the cached graphs of
                 ``"graph"`` mode, may use (default: half of what is available when the
                 first HVP runs: ``MemAvailable`` of /proc/meminfo on the CPU,
@@ -469,6 +480,9 @@ class HessianOperator(_Base):
                 by ``n_b / N``, ``N`` all-reduced once here; partial sums all-reduced),
                 identical on every rank; every rank must make the same calls. See
                 :mod:`hessnorm.distributed`: each rank holds the whole model.
+                A model whose parameters are FSDP2-sharded (DTensor) gives a
+                :class:`hessnorm.sharded.ShardedOperator` instead: local-shard
+                vectors, finite-difference HVPs, the model used in place.
 
         Raises:
             EmptyDataError, SelectionError, StochasticModelError, ShapeError.
@@ -476,6 +490,19 @@ class HessianOperator(_Base):
             With a process group an empty shard on any rank raises EmptyDataError on
             every rank.
         """
+        from hessnorm.sharded import ShardedOperator, is_sharded_module
+
+        if is_sharded_module(model):  # FSDP2 (DTensor) parameters: hessnorm.sharded
+            return ShardedOperator.from_module(  # type: ignore[return-value]
+                model,
+                loss_fn,
+                _normalize_batches(data),
+                params=params,
+                dtype=dtype,
+                device=device,
+                mode=mode,
+                process_group=process_group,
+            )
         group = _process_group(process_group)
         if group is None:
             parts = cls._local_parts(
@@ -763,6 +790,8 @@ class HessianOperator(_Base):
 
         Cost: k HVPs (counted in ``matvec_count``), each about two gradient passes.
         """
+        if self.mode == "fd":
+            return self._hvp_fd(v)
         if self._dist is not None:
             # the shape check runs inside the reduction: a bad v on one rank stops all
             out = self._dist.reduce("a Hessian-vector product", lambda: self._local_hvp(v))
@@ -784,6 +813,34 @@ class HessianOperator(_Base):
         chunk = self._chunk(V.shape[0])
         pieces = [self._hvp_block(V[i : i + chunk], mode) for i in range(0, V.shape[0], chunk)]
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+    def _hvp_fd(self, v: Tensor) -> Tensor:
+        """``mode="fd"``: central differences of gradients, error logged (:mod:`hessnorm.fd`).
+
+        Both step sizes are reduced together under a process group, so the logged
+        error is that of the all-reduced product.
+        """
+        from hessnorm.fd import central_difference_pair, fd_step
+
+        def pair() -> Tensor:
+            V, _ = self._check_vector(v)
+            theta = float(self.point.double().norm())
+            rows = []
+            for u in V:
+                h = fd_step(self.dtype, theta, float(u.double().norm()))
+                rows.append(
+                    torch.stack(central_difference_pair(self._local_gradient, self.point, u, h))
+                )
+            return torch.stack(rows)  # (k, 2, d)
+
+        both = self._dist.reduce("a Hessian-vector product", pair) if self._dist else pair()
+        V, single = self._check_vector(v)
+        out = both[:, 0]
+        self.matvec_count += out.shape[0]
+        if not all_finite(out):
+            self._raise_nonfinite("Hessian-vector product", out, self.point)
+        self.hvp_error.add(V, out, both[:, 1])
+        return out[0] if single else out.contiguous()
 
     @property
     def strategy(self) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "CAUCHY_BLOCK",
     "cauchy_key",
     "cauchy_probes",
+    "cauchy_probe_ranges",
     "default_chunk",
     "chunked_hvp",
     "unit_diagonal",
@@ -114,7 +115,15 @@ def unit_start(seed: int, d: int, start: str, dtype, device) -> Tensor:
     return (v / v.norm()).to(device=device, dtype=dtype)
 
 
-def random_unit(d: int, g: torch.Generator) -> Tensor:
+def random_unit(d: int, g: torch.Generator, op=None, draw: int = 0) -> Tensor:
+    """A uniformly random unit vector (float64) from ``g``; on a sharded operator, this
+    rank's slice of the one drawn by global coordinate (``draw``-th of the seed), so the
+    vector does not depend on the number of ranks."""
+    if op is not None:
+        from hessnorm.estimators import _space
+
+        if _space.is_sharded(op):
+            return _space.gaussian_unit(op, g.initial_seed(), draw)
     v = torch.randn(d, generator=g, dtype=torch.float64)
     return v / v.norm()
 
@@ -182,4 +191,32 @@ def cauchy_probes(
             ]
             for f in futures:
                 f.result()
+    return out
+
+
+def cauchy_probe_ranges(
+    seed: int, first: int, k: int, d: int, ranges, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """The columns ``ranges`` ([lo, hi) pairs, concatenated) of probes first … first + k − 1.
+
+    The same stream positions as :func:`cauchy_probes` (entry j of probe i at i·d + j),
+    so a sharded operator's local shard of each probe equals those columns of the
+    unsharded probe, bit for bit, for any number of ranks.
+    """
+    key = cauchy_key(seed)
+    width = sum(hi - lo for lo, hi in ranges)
+    out = torch.empty(k, width, dtype=dtype)
+    buf = torch.empty(CAUCHY_BLOCK, dtype=torch.float64)
+    for i in range(k):
+        col = 0
+        for lo, hi in ranges:
+            p, end = (first + i) * d + lo, (first + i) * d + hi
+            while p < end:
+                b = p // CAUCHY_BLOCK
+                stop = min(end, (b + 1) * CAUCHY_BLOCK)
+                view = buf[: stop - p]
+                fill_cauchy_block(key, b, p, stop, view)
+                out[i, col : col + stop - p] = view
+                col += stop - p
+                p = stop
     return out

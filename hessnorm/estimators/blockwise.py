@@ -48,6 +48,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, TooLargeError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators import _fd_widen, _space
 from hessnorm.estimators._krylov import (
     KrylovBound,
     norm_lower,
@@ -230,6 +231,7 @@ def blockwise_smoothness(
         (10.0, 3)
     """
     op = as_operator(op)
+    _refuse_unsupported(op)
     if not isinstance(partition, Partition):
         raise ConfigError(f"partition must be a hessnorm Partition, got {type(partition).__name__}")
     partition.check_dim(op.d)
@@ -300,6 +302,21 @@ def blockwise_smoothness(
         progress,
         t0,
     )
+
+
+def _refuse_unsupported(op) -> None:
+    """Blockwise needs embedded block vectors and exact HVPs: refuse the rest clearly."""
+    if _space.is_sharded(op):
+        raise ConfigError(
+            "blockwise_smoothness does not run on a sharded (FSDP) operator yet: its block "
+            "vectors are embedded in full-length vectors. Use spectral_norm, l11_norm or "
+            "trace(method='hutchinson') there, or run blockwise on one process"
+        )
+    if _fd_widen.fd_log(op)[0] is not None:
+        raise ConfigError(
+            "blockwise_smoothness does not propagate finite-difference HVP errors into its "
+            "pair bounds; build the operator with an exact HVP mode (mode='auto', 'fwd' or 'rev')"
+        )
 
 
 def _check_budget(budget, n, what):

@@ -99,7 +99,13 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError, TooLargeError
 from hessnorm.estimate import Estimate
-from hessnorm.estimators._common import cauchy_probes, default_chunk, t_quantile
+from hessnorm.estimators import _fd_widen, _space
+from hessnorm.estimators._common import (
+    cauchy_probe_ranges,
+    cauchy_probes,
+    default_chunk,
+    t_quantile,
+)
 from hessnorm.estimators._disk import DiskRows
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import all_finite, as_operator, available_memory
@@ -345,7 +351,7 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    d = op.d
+    d = _space.local_d(op)
     if _is_disk(store_device):
         where = None if isinstance(store_device, str) else store_device
         Y = DiskRows(
@@ -374,7 +380,10 @@ def _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     ):
 
         def draw(start):
-            return cauchy_probes(seed, start, min(chunk_size, n - start), d, draw_dtype, workers)
+            k = min(chunk_size, n - start)
+            if _space.is_sharded(op):  # this rank's columns of the global probes
+                return cauchy_probe_ranges(seed, start, k, op.d, op.local_ranges, draw_dtype)
+            return cauchy_probes(seed, start, k, d, draw_dtype, workers)
 
         nxt = pool.submit(draw, starts[0])
         for i, start in enumerate(starts):
@@ -571,17 +580,18 @@ def l11_norm(
     t0 = time.perf_counter()
     d = op.d
     store_dtype = store_dtype or op.dtype
-    store_device = _store_plan(n, d, store_dtype, store_device, op.device)
+    store_device = _store_plan(n, _space.local_d(op), store_dtype, store_device, op.device)
     if chunk_size is None:
         chunk_size = min(n, default_chunk(d))
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
     with_interval = interval and n >= _MIN_N_INTERVAL[method]
+    fd_start = _fd_widen.begin(op)
 
     Y = _probe_results(op, n, seed, chunk_size, store_dtype, store_device, progress)
     store = f"disk ({Y.directory})" if isinstance(Y, DiskRows) else f"memory ({Y.device})"
-    slices = getattr(op, "param_slices", None) or {"all": slice(0, d)}
+    slices = getattr(op, "param_slices", None) or {"all": slice(0, _space.local_d(op))}
     try:
         raw, per_tensor_raw, Z, per_tensor_z = _summarize(
             Y, method, c_n, slices, with_interval, memory_budget=memory_budget, progress=progress
@@ -590,6 +600,10 @@ def l11_norm(
         if isinstance(Y, DiskRows):
             Y.close()
     del Y
+    if _space.is_sharded(op):  # every sum over coordinates, over all ranks at once
+        raw, per_tensor_raw, Z, per_tensor_z = _allreduce_sums(
+            op, raw, per_tensor_raw, Z, per_tensor_z
+        )
     scale = c_n if debias else 1.0
     value = raw / scale
     per_tensor = {k: v / scale for k, v in per_tensor_raw.items()}
@@ -613,7 +627,7 @@ def l11_norm(
     else:
         low = high = value
         kind, conf_out, se, kappa = "none (interval=False)", math.nan, math.nan, math.nan
-    return Estimate(
+    est = Estimate(
         name="l11_norm",
         value=value,
         low=low,
@@ -637,6 +651,29 @@ def l11_norm(
             "theorem_d2_rel_error": _theorem_d2_rel_error(n, d, confidence),
         },
     )
+    return _fd_widen.widen(est, op, fd_start)
+
+
+def _allreduce_sums(op, raw, per_tensor_raw, Z, per_tensor_z):
+    """The coordinate sums of :func:`_summarize`, summed over a sharded operator's ranks."""
+    names = list(per_tensor_raw)
+    n = Z.shape[0]
+    flat = torch.cat(
+        [
+            torch.tensor([raw, *(per_tensor_raw[k] for k in names)], dtype=torch.float64),
+            Z.double(),
+            *(per_tensor_z[k].double() for k in names),
+        ]
+    )
+    flat = _space.allreduce(op, flat)
+    m = len(names)
+    raw = float(flat[0])
+    per_raw = {k: float(flat[1 + i]) for i, k in enumerate(names)}
+    Z = flat[1 + m : 1 + m + n].clone()
+    per_z = {
+        k: flat[1 + m + n * (i + 1) : 1 + m + n * (i + 2)].clone() for i, k in enumerate(names)
+    }
+    return raw, per_raw, Z, per_z
 
 
 @register_estimator(

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError, NonFiniteError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators import _fd_widen, _space
 from hessnorm.estimators._common import random_unit
 from hessnorm.estimators._disk import DiskRows
 from hessnorm.estimators._krylov import (
@@ -168,6 +169,7 @@ class LanczosBasis:
         self.fill: list[int] = []
         self.disk: DiskRows | None = None
         self.n = 0
+        self.reduce = None  # all-reduce of the coefficients when rows are local shards
 
     def __len__(self) -> int:
         return self.n
@@ -231,6 +233,8 @@ class LanczosBasis:
             if w.device != C.device:
                 w = w.to(C.device)
             h = C @ w
+            if self.reduce is not None:
+                h = self.reduce(h)
             w.addmv_(C.T, h, alpha=-1)
             if coeffs:
                 parts.append(h.double().cpu())
@@ -341,7 +345,8 @@ def lanczos(
         raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
     if basis_budget_bytes is None:
         basis_budget_bytes = getattr(op, "memory_budget", None) or _default_basis_budget(op.device)
-    Q = LanczosBasis(d, op.dtype, op.device, basis_budget_bytes, basis_device)
+    Q = LanczosBasis(_space.local_d(op), op.dtype, op.device, basis_budget_bytes, basis_device)
+    Q.reduce = _space.reducer(op)
     try:
         return _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart)
     finally:
@@ -352,7 +357,7 @@ def lanczos(
 def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart):
     d = op.d
     g = torch.Generator().manual_seed(int(seed))
-    q = random_unit(d, g).to(device=op.device, dtype=op.dtype)
+    q = random_unit(d, g, op).to(device=op.device, dtype=op.dtype)
     Q.append(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -368,13 +373,13 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
         # pass against every stored vector, repeated when it cancelled more than
         # 1 − 1/√2 of what the recurrence left (the DGKS criterion; "twice is enough").
         # The pass's coefficient on q corrects α.
-        a = float(torch.mv(q.unsqueeze(0), w))  # gemv: BLAS dot's threading is slow on CPU
+        a = _space.dot(op, q, w)
         w = torch.add(w, q, alpha=-a)
         if q_prev is not None and betas[-1] != 0.0:
             w.add_(q_prev, alpha=-betas[-1])
         w, h = Q.project_out(w, coeffs=True)
         a += float(h[-1])
-        b = float(w.norm())
+        b = _space.norm(op, w)
         # ‖w‖ before the pass, by Pythagoras (w = w_after + Q h with Q orthonormal):
         # no second read of w for the DGKS test.
         w_norm = math.sqrt(b * b + float(h @ h))
@@ -384,7 +389,7 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
             )
         if b < _DGKS * w_norm:
             w = Q.project_out(w)
-            b = float(w.norm())
+            b = _space.norm(op, w)
         alphas.append(a)
         betas.append(b)
         scale = max(scale, abs(a), b)
@@ -406,10 +411,10 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
             # A new random direction orthogonal to the invariant space found so far.
             nrm = 0.0
             for _ in range(3):
-                w = random_unit(d, g).to(device=op.device, dtype=op.dtype)
+                w = random_unit(d, g, op, 1 + restarts).to(device=op.device, dtype=op.dtype)
                 for _ in range(2):
                     w = Q.project_out(w)
-                nrm = float(w.double().norm())
+                nrm = _space.norm(op, w.double())
                 if nrm > 0.5:
                     break
             if nrm <= 0.5:  # numerically, the basis spans everything
@@ -501,6 +506,7 @@ def spectral_norm(
     if not 0.0 <= eta < 0.5:
         raise ConfigError(f"hvp_rel_error must lie in [0, 0.5), got {hvp_rel_error}")
     t = start_radius(op.d, delta)
+    fd_start = _fd_widen.begin(op)
     # Krylov-part target: total width (1+tol) needs high_K/low_K ≤ (1+tol)(1−η)/(1+η).
     target = (1.0 + tol) * (1.0 - eta) / (1.0 + eta)
     rounding_limited = target < 1.0 + tol / 4
@@ -538,7 +544,7 @@ def spectral_norm(
         history.append((st.n_hvp, rho, high_k))
     low, high = rho / (1.0 + eta), high_k / (1.0 - eta)
     converged = rho == 0.0 or high_k <= rho * target * (1 + 1e-12)
-    return Estimate(
+    est = Estimate(
         name="spectral_norm",
         value=rho,
         low=low,
@@ -562,6 +568,7 @@ def spectral_norm(
             "history": history,
         },
     )
+    return _fd_widen.widen(est, op, fd_start)
 
 
 class Eigenpairs(NamedTuple):

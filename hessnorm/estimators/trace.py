@@ -36,6 +36,7 @@ from torch import Tensor
 
 from hessnorm.errors import ConfigError
 from hessnorm.estimate import Estimate
+from hessnorm.estimators import _fd_widen, _space
 from hessnorm.estimators._common import (
     EXACT_ADVICE,
     chunked_hvp,
@@ -137,13 +138,19 @@ def trace(
         raise ConfigError(f"{method} needs n >= {need} HVPs for an interval (got {n}); raise n")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    if _space.is_sharded(op) and (method != "hutchinson" or n >= op.d):
+        raise ConfigError(
+            f"trace on a sharded operator supports method='hutchinson' with n < d only "
+            f"(got method={method!r}, n={n}, d={op.d}); pass method='hutchinson'"
+        )
     t0 = time.perf_counter()
     d = op.d
     chunk = chunk_size if chunk_size is not None else default_chunk(d)
+    fd_start = _fd_widen.begin(op)
     if n >= d:
         with progress_bar(d, "trace (exact)", enabled=progress, advice=EXACT_ADVICE) as bar:
             value = float(unit_diagonal(op, chunk, bar).sum())
-        return Estimate(
+        est = Estimate(
             name="trace",
             value=value,
             low=value,
@@ -154,6 +161,7 @@ def trace(
             d=d,
             details={"method": "exact", "exact": True, "interval": "exact (d unit vectors)"},
         )
+        return _fd_widen.widen(est, op, fd_start)
     g = torch.Generator().manual_seed(int(seed))
     exact_part = 0.0
     k = 0
@@ -179,15 +187,20 @@ def trace(
             m = n
             samples = torch.empty(m, dtype=torch.float64)
             for s in range(0, m, chunk):
-                Z = rademacher_rows(g, min(chunk, m - s), d, op.dtype, op.device)
+                k_s = min(chunk, m - s)
+                if _space.is_sharded(op):  # by global coordinate, rank-independent
+                    Z = _space.rademacher_rows(op, seed, s, k_s, op.dtype, op.device)
+                else:
+                    Z = rademacher_rows(g, k_s, d, op.dtype, op.device)
                 HZ = chunked_hvp(op, Z, None, bar)
-                samples[s : s + Z.shape[0]] = (Z * HZ).sum(1, dtype=torch.float64).cpu()
+                local = (Z * HZ).sum(1, dtype=torch.float64).cpu()
+                samples[s : s + Z.shape[0]] = _space.allreduce(op, local)
     samples = samples.cpu()
     mean = float(samples.mean())
     se = float(samples.std(unbiased=True)) / math.sqrt(m)
     tq = t_quantile(0.5 + confidence / 2, m - 1)
     value = exact_part + mean
-    return Estimate(
+    est = Estimate(
         name="trace",
         value=value,
         low=value - tq * se,
@@ -208,6 +221,7 @@ def trace(
             "exact": False,
         },
     )
+    return _fd_widen.widen(est, op, fd_start)
 
 
 @register_estimator(
@@ -225,4 +239,6 @@ def trace_entry(op, *, seed: int = 0, progress: bool = False) -> Estimate:
         >>> trace_entry(torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))).value  # d < 60: exact
         1.0
     """
+    if _space.is_sharded(op):  # Hutch++'s QR needs whole vectors; Hutchinson shards
+        return trace(op, method="hutchinson", seed=seed, progress=progress)
     return trace(op, seed=seed, progress=progress)
