@@ -109,6 +109,19 @@ def example_count(batch: Any) -> int:
     """Examples in an ``(inputs, targets)`` batch: the first dimension of either tensor.
 
     Also the operator's rule for its batch weights (``hessnorm.operator`` imports it).
+
+    Example:
+        >>> example_count((torch.zeros(4, 3), torch.zeros(4)))
+        4
+        >>> example_count(([torch.zeros(5, 2)], None))  # inputs as a list of tensors
+        5
+        >>> example_count((torch.zeros(2), torch.tensor(1.0)))  # 0-d targets: ask the inputs
+        2
+        >>> try:
+        ...     example_count(({"x": 1}, 3))
+        ... except ShapeError as exc:
+        ...     print(str(exc).split(":")[0])
+        cannot tell the batch size
     """
     for obj in (batch[1], batch[0]):
         if isinstance(obj, Tensor) and obj.dim() > 0:

@@ -72,7 +72,18 @@ _DEFAULT_MAX_BLOCK = 1024
 
 
 def transformers_module():
-    """Import ``transformers`` or say how to install it."""
+    """Import ``transformers`` or say how to install it.
+
+    Raises:
+        MissingDependencyError: ``transformers`` is not installed.
+
+    Example:
+        >>> try:
+        ...     print(transformers_module().__name__)
+        ... except MissingDependencyError as exc:  # without the extra
+        ...     print("transformers" if "hessnorm[hf]" in str(exc) else exc)
+        transformers
+    """
     try:
         return importlib.import_module("transformers")
     except ImportError as exc:

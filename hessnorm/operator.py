@@ -143,6 +143,16 @@ def math_attention():
 
     The fused kernels (flash, memory-efficient, cuDNN) define neither forward-mode
     AD nor double backward; the math kernel is plain differentiable ops.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q = torch.randn(1, 2, 3, 4, dtype=torch.float64, generator=g)
+        >>> with math_attention():
+        ...     out = F.scaled_dot_product_attention(q, q, q)
+        >>> ref = torch.softmax(q @ q.transpose(-1, -2) / 2.0, dim=-1) @ q  # scale 1/√4
+        >>> torch.allclose(out, ref)
+        True
     """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -170,7 +180,15 @@ _ACT_PER_GRAPH = 3
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors now: ``MemAvailable`` (CPU) or ``mem_get_info`` (CUDA)."""
+    """Bytes free for new tensors now: ``MemAvailable`` (CPU) or ``mem_get_info`` (CUDA).
+
+    -1 when the CPU figure cannot be read (no ``/proc/meminfo``).
+
+    Example:
+        >>> m = available_memory(torch.device("cpu"))
+        >>> isinstance(m, int) and (m > 0 or m == -1)
+        True
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)

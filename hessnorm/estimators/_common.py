@@ -42,6 +42,11 @@ def rademacher_rows(g: torch.Generator, k: int, d: int, dtype, device) -> Tensor
 
     Drawn row by row as int8 so that neither the values nor the host memory depend
     on k (a 124M-entry row is 124 MB as int8).
+
+    Example:
+        >>> R = rademacher_rows(torch.Generator().manual_seed(0), 2, 5, torch.float64, "cpu")
+        >>> tuple(R.shape), sorted(R.unique().tolist())
+        ((2, 5), [-1.0, 1.0])
     """
     out = torch.empty(k, d, dtype=dtype, device=device)
     for i in range(k):
@@ -55,6 +60,18 @@ def chunked_hvp(op, V: Tensor, chunk_size: int | None, bar=None) -> Tensor:
 
     ``bar`` (a :class:`~hessnorm.estimators._progress.ProgressBar`) counts the rows of
     every call as it returns.
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+        >>> chunked_hvp(op, torch.eye(3, dtype=torch.float64), 2).diag().tolist()
+        [1.0, 2.0, 3.0]
+        >>> bad = DenseOperator(torch.tensor([[float("nan")]], dtype=torch.float64))
+        >>> try:
+        ...     chunked_hvp(bad, torch.ones(1, 1, dtype=torch.float64), None)
+        ... except NonFiniteError as exc:
+        ...     print(str(exc).split(";")[0])
+        a Hessian-vector product is not finite
     """
     k = V.shape[0]
     chunk = k if chunk_size is None else max(1, int(chunk_size))
@@ -72,6 +89,12 @@ def chunked_hvp(op, V: Tensor, chunk_size: int | None, bar=None) -> Tensor:
 
 
 def default_chunk(d: int) -> int:
+    """Rows per ``op.hvp`` call: about 2²⁷ entries in all, at least one row.
+
+    Example:
+        >>> default_chunk(1000), default_chunk(1 << 30), default_chunk(0)
+        (134217, 1, 134217728)
+    """
     return max(1, (1 << 27) // max(d, 1))
 
 
@@ -79,7 +102,19 @@ EXACT_ADVICE = "ask for fewer HVPs than d (n < d) to estimate instead of reading
 
 
 def unit_diagonal(op, chunk: int, bar) -> Tensor:
-    """diag(H) from the d unit vectors, ``chunk`` per HVP call, counted in ``bar``."""
+    """diag(H) from the d unit vectors, ``chunk`` per HVP call, counted in ``bar``.
+
+    Example:
+        >>> from hessnorm.operator import DenseOperator
+        >>> class Bar:
+        ...     n = 0
+        ...     def update(self, k):
+        ...         self.n += k
+        >>> H = torch.tensor([[1.0, 5.0, 0.0], [5.0, 2.0, 0.0], [0.0, 0.0, 3.0]]).double()
+        >>> bar = Bar()
+        >>> unit_diagonal(DenseOperator(H), 2, bar).tolist(), bar.n
+        ([1.0, 2.0, 3.0], 3)
+    """
     d = op.d
     diag = torch.empty(d, dtype=torch.float64)
     for s in range(0, d, chunk):
@@ -107,6 +142,15 @@ def t_quantile(p: float, dof: int) -> float:
 
 # ---------------------------------------------------------------------- lockstep Lanczos
 def unit_start(seed: int, d: int, start: str, dtype, device) -> Tensor:
+    """A unit start vector from ``seed``: Rademacher for ``start="rademacher"``, else Gaussian.
+
+    Example:
+        >>> unit_start(0, 4, "rademacher", torch.float64, "cpu").tolist()
+        [-0.5, 0.5, 0.5, -0.5]
+        >>> v = unit_start(0, 4, "gaussian", torch.float32, "cpu")
+        >>> v.dtype, round(float(v.norm()), 6)
+        (torch.float32, 1.0)
+    """
     g = torch.Generator().manual_seed(int(seed))
     if start == "rademacher":
         v = (2 * torch.randint(0, 2, (d,), generator=g, dtype=torch.int8) - 1).double()
@@ -116,9 +160,15 @@ def unit_start(seed: int, d: int, start: str, dtype, device) -> Tensor:
 
 
 def random_unit(d: int, g: torch.Generator, op=None, draw: int = 0) -> Tensor:
-    """A uniformly random unit vector (float64) from ``g``; on a sharded operator, this
-    rank's slice of the one drawn by global coordinate (``draw``-th of the seed), so the
-    vector does not depend on the number of ranks."""
+    """A uniformly random unit vector of R^d (float64, CPU) drawn from ``g``; on a sharded
+    operator, this rank's slice of the one drawn by global coordinate (``draw``-th of the
+    seed), so the vector does not depend on the number of ranks.
+
+    Example:
+        >>> v = random_unit(5, torch.Generator().manual_seed(0))
+        >>> v.dtype, tuple(v.shape), round(float(v.norm()), 12)
+        (torch.float64, (5,), 1.0)
+    """
     if op is not None:
         from hessnorm.estimators import _space
 
@@ -137,12 +187,26 @@ CAUCHY_BLOCK = 1 << 20
 
 
 def cauchy_key(seed: int) -> int:
-    """The Philox key of ``seed`` (any Python int; negative seeds wrap modulo 2¹²⁸)."""
+    """The Philox key of ``seed`` (any Python int; negative seeds wrap modulo 2¹²⁸).
+
+    Example:
+        >>> cauchy_key(7), cauchy_key(-1) == 2**128 - 1
+        (7, True)
+    """
     return int(seed) % (1 << 128)
 
 
 def fill_cauchy_block(key: int, b: int, lo: int, hi: int, out: Tensor) -> None:
-    """Write the Cauchy values at stream positions [lo, hi) of block b into ``out``."""
+    """Write the Cauchy values at stream positions [lo, hi) of block b into ``out``.
+
+    Example:
+        Positions 2..4 of seed 0's stream are entries 2..4 of its probes, flattened:
+
+        >>> out = torch.empty(3, dtype=torch.float64)
+        >>> fill_cauchy_block(cauchy_key(0), 0, 2, 5, out)
+        >>> torch.equal(out, cauchy_probes(0, 0, 2, 3).view(-1)[2:5])
+        True
+    """
     import numpy as np
 
     bits = np.random.Philox(key=key, counter=b << 64)
@@ -167,6 +231,13 @@ def cauchy_probes(
     blocks are filled by ``workers`` threads (numpy releases the GIL); the bits do
     not depend on ``workers``, ``k`` or ``first``'s chunking. About 8 ns per entry
     on one core (1 s per probe at d = 1.24·10⁸).
+
+    Example:
+        >>> P = cauchy_probes(0, 0, 2, 3)
+        >>> tuple(P.shape), P.dtype, torch.equal(cauchy_probes(0, 1, 1, 3), P[1:])
+        ((2, 3), torch.float64, True)
+        >>> torch.equal(cauchy_probes(0, 0, 2, 3, workers=2), P)
+        True
     """
     key = cauchy_key(seed)
     out = torch.empty(k, d, dtype=dtype)

@@ -219,7 +219,15 @@ class KrylovBound:
 
 
 def ritz(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Ritz values (ascending), eigenvectors of T and residual norms β_m |s_m|, float64."""
+    """Ritz values (ascending), eigenvectors of T and residual norms β_m |s_m|, float64.
+
+    Example:
+        >>> theta, S, resid = ritz(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 0.5]))
+        >>> theta.tolist(), S.abs().round(decimals=4).tolist()  # T = [[2, 1], [1, 2]]
+        ([1.0, 3.0], [[0.7071, 0.7071], [0.7071, 0.7071]])
+        >>> resid.round(decimals=4).tolist(), resid.dtype  # β_2 = 0.5 times |s_2| = 1/√2
+        ([0.3536, 0.3536], torch.float64)
+    """
     a = alpha.double().cpu().numpy()
     b = beta.double().cpu().numpy()
     theta, S = tridiag_eig(a, b)

@@ -64,7 +64,32 @@ code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 
 
 class Doc:
-    """Report content as blocks, rendered to Markdown and to self-contained HTML."""
+    """Report content as blocks, rendered to Markdown and to self-contained HTML.
+
+    Tables and images are also written to ``out_dir`` (a table as CSV data).
+
+    Example:
+        >>> import tempfile
+        >>> doc = Doc(Path(tempfile.mkdtemp()))
+        >>> doc.h(1, "Report")
+        >>> doc.p("**bold** and `code`")
+        >>> doc.table(pd.DataFrame({"x": [1.5]}), "t.csv", pd.DataFrame({"x": [1.5]}))
+        >>> print(doc.markdown())
+        # Report
+        <BLANKLINE>
+        **bold** and `code`
+        <BLANKLINE>
+        | x |
+        |---|
+        | 1.5 |
+        <BLANKLINE>
+        Data: `t.csv`
+        <BLANKLINE>
+        >>> "<p><b>bold</b> and <code>code</code></p>" in doc.html("Report")
+        True
+        >>> (doc.out_dir / "t.csv").read_text()
+        'x\\n1.5\\n'
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir

@@ -160,6 +160,15 @@ def _maybe_log(ax, values: np.ndarray, ratio: float = 20.0) -> None:
 
 
 def loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
+    """PNG of the training loss per run (and the evaluation loss beside it, when logged).
+
+    Example:
+        >>> from pathlib import Path
+        >>> run = RunData(Path("runs/adam"), {"task": "quadratic"},
+        ...               pd.DataFrame({"step": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5]}), "adam")
+        >>> loss_figure("quadratic", [run], {"adam": "C0"})[:4]
+        b'\\x89PNG'
+    """
     has_eval = any(
         "eval_loss" in r.metrics.columns and r.metrics["eval_loss"].notna().any() for r in runs
     )
@@ -205,6 +214,24 @@ def loss_figure(task: str, runs: list[RunData], colors: dict) -> bytes:
 
 
 def trajectory_figure(results: pd.DataFrame, colors: dict) -> tuple[bytes, pd.DataFrame] | None:
+    """PNG of each estimate (bound / d) along training, one panel per estimator, and its data.
+
+    Only runs with at least two analysed steps are drawn; None when there are none.
+    ``results``: normalized results rows with ``run_key`` and ``label``.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from hessnorm.report.inputs import normalize_results, run_keys
+        >>> rows = pd.DataFrame({"checkpoint": ["r/c1.pt", "r/c2.pt"], "run": ["r", "r"],
+        ...                      "step": [1, 2], "estimator": ["l11"] * 2, "value": [4.0, 6.0],
+        ...                      "low": [3.0, 5.0], "high": [5.0, 7.0], "d": [2, 2]})
+        >>> res = run_keys(normalize_results(rows, Path("<DataFrame>")), [])
+        >>> png, data = trajectory_figure(res, {"r": "C0"})
+        >>> png[:4], data[["step", "bound_per_dim"]].values.tolist()
+        (b'\\x89PNG', [[1.0, 2.0], [2.0, 3.0]])
+        >>> trajectory_figure(res.iloc[:1], {"r": "C0"}) is None  # one step: no trajectory
+        True
+    """
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[df["step"].notna()]
     n_steps = df.groupby("run_key")["step"].nunique()
@@ -308,6 +335,16 @@ def per_tensor_shares(table_rows: pd.DataFrame) -> pd.DataFrame:
 
     Only unrotated rows count: in rotated coordinates (including a rotated-adam run
     analysed in its own coordinates) a "tensor's rows" are not that tensor's.
+
+    Example:
+        >>> rows = pd.DataFrame({"label": ["r"], "checkpoint": ["r/c.pt"], "step": [2],
+        ...                      "estimator": ["l11"], "rotation": ["none"],
+        ...                      "details": [{"per_tensor": {"w": 3.0, "b": 1.0}, "n": 100}]})
+        >>> shares = per_tensor_shares(rows)
+        >>> shares[["tensor", "share", "interval"]].values.tolist()
+        [['w', 0.75, 'conservative'], ['b', 0.25, 'conservative']]
+        >>> shares["share_low"].round(3).tolist()  # share · (1 − 1.96 · π / (2√100))
+        [0.519, 0.173]
     """
     out = []
     rows = table_rows.drop_duplicates(subset=["label", "checkpoint", "estimator", "rotation"])
@@ -384,7 +421,20 @@ def _per_tensor_rel_se(details: dict) -> float:
 
 
 def per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
-    """One panel per checkpoint file (never merged by label or file name)."""
+    """PNG of the per-tensor shares of ‖H‖₁,₁, one panel per checkpoint file.
+
+    Panels are never merged by label or file name.
+
+    ``shares``: rows of :func:`per_tensor_shares`.
+
+    Example:
+        >>> shares = pd.DataFrame({"label": ["r", "r"], "checkpoint": ["r/c.pt"] * 2,
+        ...                        "step": [2, 2], "tensor": ["w", "b"], "size": [6, 2],
+        ...                        "share": [0.75, 0.25], "share_low": [0.6, 0.2],
+        ...                        "share_high": [0.9, 0.3]})
+        >>> per_tensor_figure(shares, {"r": "C0"})[:4]
+        b'\\x89PNG'
+    """
     keys = list(dict.fromkeys(zip(shares["label"], shares["checkpoint"])))
     ncol = 1 if len(keys) == 1 else 2
     nrow = math.ceil(len(keys) / ncol)
@@ -436,6 +486,17 @@ def per_tensor_figure(shares: pd.DataFrame, colors: dict) -> bytes:
 
 
 def l0l1_figure(runs: list[RunData]) -> tuple[bytes, pd.DataFrame]:
+    """PNG of local smoothness vs gradient norm per run, and one (L0, L1) fit row per run.
+
+    Example:
+        >>> from pathlib import Path
+        >>> metrics = pd.DataFrame({"step": [1, 2, 3], "smooth_grad_norm": [1.0, 2.0, 4.0],
+        ...                         "local_smoothness": [2.0, 3.0, 5.0]})  # s = 1 + g
+        >>> run = RunData(Path("runs/adam"), {"task": "quadratic"}, metrics, "adam")
+        >>> png, fits = l0l1_figure([run])
+        >>> png[:4], fits[["run", "L0", "L1"]].round(3).values.tolist()
+        (b'\\x89PNG', [['adam', 1.0, 1.0]])
+    """
     ncol = min(2, len(runs))
     nrow = math.ceil(len(runs) / ncol)
     fig = _new_figure(6.2 * ncol, 4.6 * nrow)
@@ -488,7 +549,14 @@ def _esd_axes(ax, block: dict, color, label: str | None = None) -> None:
 
 
 def esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
-    """ESD per run: ``entries`` are (label, step, sidecar block of the full Hessian)."""
+    """PNG of the ESD per run: ``entries`` are (label, step, sidecar block of the full Hessian).
+
+    Example:
+        >>> block = {"grid": [0.0, 1.0, 2.0], "density": [0.2, 0.5, 0.3], "lambda_max": 2.0,
+        ...          "lambda_min": 0.0, "n_probes": 2, "steps": 5, "d": 10, "sigma": 0.1}
+        >>> esd_figure([("adam", 2, block)], {"adam": "C0"})[:4]
+        b'\\x89PNG'
+    """
     ncol = min(2, len(entries))
     nrow = math.ceil(len(entries) / ncol)
     fig = _new_figure(6.0 * ncol, 3.9 * nrow)
@@ -521,7 +589,14 @@ def esd_figure(entries: list[tuple[str, Any, dict]], colors: dict) -> bytes:
 
 
 def block_spectra_figure(label: str, step: Any, blocks: dict, color) -> bytes:
-    """Per-block SLQ densities as small multiples (one panel per block, own x-range)."""
+    """PNG of per-block SLQ densities as small multiples (one panel per block, own x-range).
+
+    Example:
+        >>> block = {"grid": [0.0, 1.0, 2.0], "density": [0.2, 0.5, 0.3], "lambda_max": 2.0,
+        ...          "lambda_min": 0.0, "n_probes": 2, "steps": 5, "d": 10, "sigma": 0.1}
+        >>> block_spectra_figure("adam", 2, {"layer.weight": block}, "C0")[:4]
+        b'\\x89PNG'
+    """
     names = list(blocks)
     shown = names[:_MAX_BLOCK_PANELS]
     ncol = min(5, len(shown))
@@ -556,6 +631,14 @@ def diagonal_share_figure(rows: pd.DataFrame, colors: dict) -> tuple[bytes, pd.D
 
     ``rows``: the diagonal-share / rotated-diagonal-share rows of the spectrum table,
     with their ``details``. Returns the PNG and the per-tensor data (label, tensor, share).
+
+    Example:
+        >>> rows = pd.DataFrame({"label": ["r"], "estimator": ["diagonal-share"],
+        ...                      "rotation": ["none"], "value": [0.4], "low": [0.3],
+        ...                      "high": [0.5], "details": [{"per_tensor": {"w": 0.5, "b": 0.25}}]})
+        >>> png, per_tensor = diagonal_share_figure(rows, {"r": "C0"})
+        >>> png[:4], per_tensor.values.tolist()
+        (b'\\x89PNG', [['r', 'w', 0.5], ['r', 'b', 0.25]])
     """
     per_tensor = []
     for r in rows.itertuples(index=False):

@@ -142,6 +142,28 @@ def _read_run(folder: Path) -> RunData:
 
 
 def normalize_results(df: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Results rows with every ``hessnorm analyze`` column, per-dim and bound columns filled.
+
+    Adds ``bound_value``, ``bound_low``, ``bound_high`` and ``source``; missing optional
+    columns become NaN / ``""``.
+
+    Raises:
+        ConfigError: a required column (checkpoint, estimator, value) is missing.
+
+    Example:
+        >>> rows = pd.DataFrame({"checkpoint": ["c.pt"] * 2, "estimator": ["spectral", "l11"],
+        ...                      "value": [2.0, 2.0], "low": [1.0, 1.0], "high": [3.0, 3.0],
+        ...                      "d": [10, 10]})
+        >>> df = normalize_results(rows, Path("r.csv"))
+        >>> cols = ["value_per_dim", "bound_per_dim", "bound_low", "rotation", "source"]
+        >>> df[cols].values.tolist()
+        [[0.2, 2.0, 10.0, 'none', 'r.csv'], [0.2, 0.2, 1.0, 'none', 'r.csv']]
+        >>> try:
+        ...     normalize_results(pd.DataFrame({"value": [1.0]}), Path("r.csv"))
+        ... except ConfigError as exc:
+        ...     print(str(exc).split(":")[0])
+        r.csv is not a results file of `hessnorm analyze`
+    """
     missing = [c for c in RESULT_REQUIRED if c not in df.columns]
     if missing:
         raise ConfigError(
@@ -254,11 +276,22 @@ def load_input(path: str | os.PathLike) -> RunData | pd.DataFrame:
 
 
 def optimizer_rank(name: str) -> tuple:
+    """Sort key: the canonical optimizer order (Adam and its variants, then SGD-type), unknown last.
+
+    Example:
+        >>> sorted(["zzz", "sgd", "rotated-adam", "adam"], key=optimizer_rank)
+        ['adam', 'rotated-adam', 'sgd', 'zzz']
+    """
     return (_OPT_ORDER.index(name) if name in _OPT_ORDER else len(_OPT_ORDER), name)
 
 
 def estimator_rank(name: str) -> tuple:
-    """Registry order: base estimator first, its rotated form after it; unknown names last."""
+    """Registry order: base estimator first, its rotated form after it; unknown names last.
+
+    Example:
+        >>> sorted(["unknown", "rotated-l11", "l11", "spectral"], key=estimator_rank)
+        ['spectral', 'l11', 'rotated-l11', 'unknown']
+    """
     from hessnorm.registry import ROTATED_PREFIX, estimators
 
     order = list(estimators())
@@ -269,13 +302,33 @@ def estimator_rank(name: str) -> tuple:
 
 
 def label_runs(runs: list[RunData]) -> None:
+    """Set each run's ``label``: its base label, plus the folder name where two share one.
+
+    Example:
+        >>> runs = [RunData(Path(p), {"optimizer": o}, pd.DataFrame())
+        ...         for p, o in [("a/r1", "adam"), ("b/r2", "adam"), ("c", "sgd")]]
+        >>> label_runs(runs)
+        >>> [r.label for r in runs]
+        ['adam (r1)', 'adam (r2)', 'sgd']
+    """
     base = [r.base_label() for r in runs]
     for r, b in zip(runs, base):
         r.label = b if base.count(b) == 1 else f"{b} ({r.name})"
 
 
 def run_keys(results: pd.DataFrame, runs: list[RunData]) -> pd.DataFrame:
-    """Add ``run_key`` (run folder name, else checkpoint path) and a display ``label``."""
+    """Add ``run_key`` (run folder name, else checkpoint path) and a display ``label``.
+
+    Labels come from the matching run folder, else the optimizer (with the checkpoint's
+    file name, or its full path, where they would collide).
+
+    Example:
+        >>> runs = [RunData(Path("a/r1"), {"optimizer": "adam"}, pd.DataFrame(), "adam (r1)")]
+        >>> res = pd.DataFrame({"run": ["r1", "", ""], "optimizer": ["adam", "sgd", "sgd"],
+        ...                     "checkpoint": ["r1/c.pt", "x/ckpt.pt", "y/ckpt.pt"]})
+        >>> run_keys(res, runs)[["run_key", "label"]].values.tolist()
+        [['r1', 'adam (r1)'], ['x/ckpt.pt', 'x/ckpt.pt'], ['y/ckpt.pt', 'y/ckpt.pt']]
+    """
     df = results.copy()
     df["run_key"] = np.where(df["run"] != "", df["run"], df["checkpoint"])
     by_name = {r.name: r.label for r in runs}
@@ -338,6 +391,13 @@ def dedupe_checkpoints(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_colors(labels: Iterable[str]) -> dict[str, Any]:
+    """One tab10 RGBA colour per distinct label, in first-seen order.
+
+    Example:
+        >>> colors = run_colors(["adam", "sgd", "adam"])
+        >>> list(colors), len(colors["adam"]), colors["adam"] != colors["sgd"]
+        (['adam', 'sgd'], 4, True)
+    """
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
@@ -348,5 +408,10 @@ def run_colors(labels: Iterable[str]) -> dict[str, Any]:
 
 
 def details_of(x: Any) -> dict:
-    """A row's ``details`` (a dict once read; ``{}`` for none)."""
+    """A row's ``details`` (a dict once read; ``{}`` for none).
+
+    Example:
+        >>> details_of({"n": 3}), details_of(""), details_of(None)
+        ({'n': 3}, {}, {})
+    """
     return dict(x) if isinstance(x, dict) else {}

@@ -99,6 +99,14 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_number(x: Any, digits: int = 4) -> str:
+    """A table cell: integers as such, others to ``digits`` significant digits, "" if missing.
+
+    Example:
+        >>> [format_number(x) for x in (3.0, 2.5e-5, 1234567.0, float("nan"), None, "x")]
+        ['3', '2.5e-05', '1.235e+06', '', '', 'x']
+        >>> format_number(np.int64(7)), format_number(1 / 3, digits=2)
+        ('7', '0.33')
+    """
     if x is None or x is pd.NA:
         return ""
     if isinstance(x, str):
@@ -124,6 +132,18 @@ def _interval(low: float, high: float, conf: float) -> str:
 
 
 def norms_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The smoothness table as shown: formatted cells, empty rotation/loss/spread columns dropped.
+
+    Example:
+        >>> rows = pd.DataFrame({"checkpoint": ["r/c.pt"], "run": ["r"], "step": [2],
+        ...                      "estimator": ["l11"], "value": [6.0], "low": [5.0],
+        ...                      "high": [7.0], "d": [2]})
+        >>> shown = norms_display(norms_table(rows))
+        >>> shown[["optimizer", "estimate", "interval", "estimate / d"]].values.tolist()
+        [['r', '6', '[5, 7]', '3']]
+        >>> "rotation" in shown.columns
+        False
+    """
     rows = []
     for r in table.itertuples(index=False):
         d = r.d if not pd.isna(r.d) else None
@@ -162,6 +182,19 @@ def _eval_spread(r) -> str:
 
 
 def runs_table(runs: list[RunData]) -> pd.DataFrame:
+    """One row per training run: task, optimizer, peak lr, steps, final losses, seconds.
+
+    Example:
+        >>> metrics = pd.DataFrame({"step": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5],
+        ...                         "eval_loss": [None, None, 1.7]})
+        >>> run = RunData(Path("runs/adam"), {"task": "quadratic", "optimizer": "adam", "lr": 0.1},
+        ...               metrics, "adam")
+        >>> row = runs_table([run]).to_dict("records")[0]
+        >>> row["run"], row["peak lr"], row["steps"], row["final train loss (mean of last 10%)"]
+        ('adam', 0.1, 3, 1.5)
+        >>> row["final eval loss"], math.isnan(row["seconds"])
+        (1.7, True)
+    """
     rows = []
     for r in runs:
         m = r.metrics
@@ -275,7 +308,16 @@ def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def spectrum_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The spectrum table as shown: one line per (run, estimator) with its interval."""
+    """The spectrum table as shown: one line per (run, estimator) with its interval.
+
+    Example:
+        >>> rows = pd.DataFrame({"checkpoint": ["r/c.pt"], "estimator": ["trace"],
+        ...                      "value": [3.0], "low": [2.0], "high": [4.0],
+        ...                      "confidence": [0.95], "d": [10], "step": [1]})
+        >>> shown = spectrum_display(spectrum_table(rows))
+        >>> shown[["quantity", "estimate", "interval", "mean eigenvalue"]].values.tolist()
+        [['trace', '3', '[2, 4] (95%)', '0.3']]
+    """
     rows = []
     for r in table.itertuples(index=False):
         note = ""
