@@ -10,8 +10,8 @@ import hessnorm as hn
 from hessnorm import errors
 from hessnorm.estimators import exact
 from hessnorm.estimators.linf import hvp_cost, linf_smoothness, phi_hvp_cost, phi_smoothness
-from hessnorm.partition import Partition
 from hessnorm.operator import HessianOperator
+from hessnorm.partition import Partition
 from hessnorm.testing import MLP, init_params
 
 
