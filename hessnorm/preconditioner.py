@@ -273,6 +273,14 @@ def _target_names(target: Any, default: list[str]) -> list[str]:
 
 def _group_hyper(groups: Sequence[Mapping], what: str) -> tuple[float, tuple[float, float], float]:
     """The (lr, betas, eps) shared by every group; an error if the groups differ."""
+    for g in groups:
+        missing = [k for k in ("lr", "betas", "eps") if k not in g]
+        if missing:
+            raise CheckpointError(
+                f"the optimizer's param groups have no {', '.join(missing)} (keys "
+                f"{sorted(k for k in g if k != 'params')}): it is not Adam-type (SGD, SignGD "
+                "and momentum methods have no diagonal preconditioner)"
+            )
     keys = {(float(g["lr"]), tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in groups}
     if len(keys) != 1:
         raise CheckpointError(
