@@ -7,11 +7,11 @@ from matplotlib.figure import Figure
 from hessnorm.experiments import adam_edge
 
 
-def _rows(frac_max):
+def _rows(fracs):
     rows = []
     for lr in (1e-3, 1e-2):
         thr = 3.8 / lr * 10
-        for step, f in [(10, 0.1), (20, frac_max)]:
+        for step, f in zip(range(10, 10 * len(fracs) + 1, 10), fracs):
             lam = f * thr
             rows.append(
                 dict(optimizer="adam", lr=lr, step=step, lambda_max=lam, low=lam * 0.99,
@@ -27,10 +27,18 @@ LINF = pd.DataFrame(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("frac, verdict", [(0.3, "does **not** appear"), (1.1, "reaches at least")])
+@pytest.mark.parametrize(
+    "frac, verdict",
+    [
+        ((0.1, 0.3, 0.2, 0.3), "does **not** appear"),
+        ((2.0, 0.1, 0.1, 0.1), "does **not** appear"),  # one early crossing is not the edge
+        ((0.1, 0.9, 1.0, 0.95), "picture appears there"),
+    ],
+)
 def test_report_states_what_is_observed(frac, verdict, tmp_path):
     text = adam_edge._report(_rows(frac), LINF, 20, 10, True, 0, 1.0)
     assert verdict in text
+    assert ("not sustained" in text) == (frac[0] == 2.0)
     assert "adam 2.00, rotated-adam 4.00" in text
     adam_edge._plot_sharpness(Figure, _rows(frac), tmp_path / "s.png")
     adam_edge._plot_linf(Figure, LINF, tmp_path / "l.png")
