@@ -231,7 +231,8 @@ def preconditioned_sharpness(
     stability when this fraction is ≈ 1).
 
     Cost: one HVP per Lanczos iteration, at most min(max(max_iter, k), d); on the
-    test models 30–80 reach tol = 1e-4 (P⁻¹H is often worse conditioned than H).
+    test models 8–18 reach tol = 1e-4 (MLP d = 106, tiny transformer d = 228), 5–14 reach
+    tol = 1e-2 on the 7.7k-parameter GPT of ``hessnorm reproduce adam-edge``.
 
     Args:
         op: a Hessian-like operator or a dense symmetric tensor H.
