@@ -30,6 +30,12 @@ _EXPORTS = {
     "top_eigenpairs": "hessnorm.estimators.lanczos",
     "l11_norm": "hessnorm.estimators.cauchy",
     "blockwise_smoothness": "hessnorm.estimators.blockwise",
+    # the geometry Adam sees: preconditioned sharpness, l-inf / Phi brackets (issue 22)
+    "preconditioned_sharpness": "hessnorm.estimators.preconditioned",
+    "stability_threshold": "hessnorm.estimators.preconditioned",
+    "Preconditioner": "hessnorm.preconditioner",
+    "linf_smoothness": "hessnorm.estimators.linf",
+    "phi_smoothness": "hessnorm.estimators.linf",
     # the whole spectrum: trace, density, diagonal, block spectra
     "trace": "hessnorm.estimators.trace",
     "spectral_density": "hessnorm.estimators.density",

@@ -367,7 +367,13 @@ def _analyze_checkpoint(
     grad_seconds = time.perf_counter() - t0  # the loss and one gradient
     selections, per = opts.selections(), opts.per_estimator()
     _announce_cost(selections, per, op.d, grad_seconds / 1.5, note)
-    context = EstimatorContext(checkpoint=info, path=path, model=net)
+
+    def preconditioner(op_, path=path, net=net):
+        from hessnorm.preconditioner import Preconditioner
+
+        return Preconditioner.from_checkpoint(path, op_, model=net)
+
+    context = EstimatorContext(checkpoint=info, path=path, model=net, preconditioner=preconditioner)
     spread = _resample_spread(operator, info, opts, context, note)
     sizes = _tensor_sizes(net, op)
     rows = analyze_operator(

@@ -245,6 +245,8 @@ class EstimatorContext:
         checkpoint: the checkpoint's :class:`CheckpointInfo` (None off a checkpoint).
         path: the checkpoint file (None off a checkpoint).
         model: the loaded model (its named parameters map the operator's coordinates).
+        preconditioner: ``op -> Preconditioner`` read from the checkpoint's optimizer
+            state (None off a checkpoint); estimators call it only when they need P.
 
     Example:
         >>> EstimatorContext().checkpoint is None
@@ -254,6 +256,7 @@ class EstimatorContext:
     checkpoint: CheckpointInfo | None = None
     path: Any = None
     model: Any = None
+    preconditioner: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,8 @@ BUILTIN_MODULES = (
     "hessnorm.estimators.trace",
     "hessnorm.estimators.density",
     "hessnorm.estimators.diagonal",
+    "hessnorm.estimators.preconditioned",
+    "hessnorm.estimators.linf",
 )
 # keyword-only parameters every estimator may take that are not options
 RESERVED = ("seed", "progress", "context")
@@ -258,8 +260,8 @@ class EstimatorSpec:
         bound = self.labels(rotated, options)[1]
         if self.per_dim == "ratio":
             return bound
-        if self.per_dim == "value" and bound.startswith("d"):
-            return bound[1:]
+        if self.per_dim == "value":
+            return bound[1:] if bound.startswith("d") else bound
         return f"{bound} / d"
 
 

@@ -46,6 +46,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "hessnorm.experiments.resnet:reproduce",
         "paper 000 Tables 3-4 + Fig. 2: ResNet x batch size (digits; --data-dir CIFAR-10)",
     ),
+    "adam-edge": (
+        "hessnorm.experiments.adam_edge:reproduce",
+        "Adam's preconditioned sharpness vs 38/eta, and the l-inf bracket (tiny GPT)",
+    ),
 }
 # experiments that accept scale= and data_dir=
 SCALED = ("table2", "resnet")

@@ -80,7 +80,7 @@ from hessnorm.report.tables import (
     spectrum_display,
     spectrum_table,
 )
-from hessnorm.results import family, read_spectra
+from hessnorm.results import COLUMNS, columns, family, read_spectra
 
 __all__ = [
     "make_report",
@@ -214,7 +214,10 @@ def _section_other(doc: Doc, results: pd.DataFrame) -> None:
     cols += ["confidence", "n_hvp", "seconds", "d"]
     df = results.drop_duplicates(subset=["checkpoint", "estimator", "rotation"])
     df = df.sort_values(["estimator", "label", "step"], kind="stable")
-    table = df[[c for c in cols if c in df.columns]].reset_index(drop=True)
+    extra = [c for c in columns() if c not in COLUMNS and c in df.columns]
+    table = df[[c for c in cols + extra if c in df.columns]].reset_index(drop=True)
+    if "threshold" in table.columns:  # a stability threshold: how close to the edge
+        table["value / threshold"] = table["value"] / table["threshold"]
     doc.h(2, "Other estimates")
     doc.p(
         "Estimators registered outside hessnorm's smoothness and spectrum families (or not "
