@@ -217,6 +217,7 @@ def _section_other(doc: Doc, results: pd.DataFrame) -> None:
     extra = [c for c in columns() if c not in COLUMNS and c in df.columns]
     table = df[[c for c in cols + extra if c in df.columns]].reset_index(drop=True)
     if "threshold" in table.columns:  # a stability threshold: how close to the edge
+        table["threshold"] = pd.to_numeric(table["threshold"], errors="coerce")
         table["value / threshold"] = table["value"] / table["threshold"]
     doc.h(2, "Other estimates")
     doc.p(
