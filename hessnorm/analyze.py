@@ -147,14 +147,15 @@ def analyze(
     eval_resamples: int = 0,
     text: str | Path | None = None,
     block_size: int | None = None,
+    strict: bool = False,
 ):
     """Estimate Hessian norms of checkpoints; returns a :class:`pandas.DataFrame`.
 
     Every interval is conditional on the evaluation set: it covers the norm of the
     Hessian of the mean loss over *these* examples, not over the data distribution.
     ``eval_resamples=K`` measures the other source of variation: the same estimator
-    (same ``seed``) on K independent evaluation sets (for language models, K sets of
-    random window offsets drawn from ``data_seed``), reported as ``eval_sd`` (their
+    (same ``seed``) on K independent evaluation sets (for language models, the default
+    windows at K random offsets drawn from ``data_seed``), reported as ``eval_sd`` (their
     sample standard deviation), ``eval_min`` and ``eval_max``, at K times the cost.
 
     Args:
@@ -181,6 +182,9 @@ def analyze(
         text, block_size: Hugging Face ``save_pretrained`` folders: the text file the
             ``eval_examples`` windows of ``block_size`` tokens are cut from (see
             :func:`hessnorm.checkpoint.load`).
+        strict: refuse (CheckpointError) a nanoGPT checkpoint whose recomputed loss
+            fails the ``best_val_loss`` check (:func:`hessnorm.checkpoint.loss_check`)
+            instead of warning.
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank loads the checkpoint and
     keeps a contiguous shard of the evaluation examples
@@ -204,7 +208,7 @@ def analyze(
     """
     import pandas as pd
 
-    from hessnorm.checkpoint import expand, load
+    from hessnorm.checkpoint import expand, load, loss_check_columns
     from hessnorm.operator import HessianOperator
 
     names = parse_estimators(estimators)
@@ -261,6 +265,9 @@ def analyze(
         note(f"  evaluation data: {describe_eval_data(meta)}")
         for msg in meta.get("notes", []):
             note(f"  {msg}")
+        check = meta.get("loss_check")
+        if strict and check is not None and not check.passed:
+            raise CheckpointError(f"--strict: {path}: {check.warning()}")
         if eval_resamples and meta.get("resample") is None:
             raise ConfigError(
                 f"--eval-resamples needs evaluation sets that can be redrawn (language models); "
@@ -317,6 +324,7 @@ def analyze(
                 **at_point,
                 **{k: meta.get(k) for k in _DATA_KEYS},
                 **spread.get(row["estimator"], {"eval_resamples": 0}),
+                **loss_check_columns(meta.get("loss_check")),
             )
             row["details"] = _annotate_details(row["estimator"], row["details"], sizes)
             rows.append(row)
@@ -715,7 +723,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--data-seed",
         type=int,
         default=None,
-        help="language models: draw the evaluation windows at random offsets with this seed "
+        help="language models: shift the evaluation windows by a random offset drawn with this "
+        "seed "
         "(default: deterministic lm_windows rule, evenly spaced starts over the val split)",
     )
     p.add_argument(
@@ -768,6 +777,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="under torchrun: seconds a collective may wait before every rank stops (default 600)",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="nanoGPT: refuse a checkpoint whose recomputed loss differs from its "
+        "best_val_loss by more than the printed tolerance (default: warn)",
+    )
     p.add_argument("--out", default=None, help="results file (.csv or .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -777,7 +792,7 @@ _EPILOG = (
     "folders with --text): n = --eval-examples windows of T+1 consecutive tokens (T = "
     "block size) from the N evaluation tokens, window i starting at floor(i*(N-T-1)/(n-1)) "
     "(integer arithmetic; 0 when n = 1); inputs are its first T tokens, targets its last T. "
-    "Deterministic by default; --data-seed S draws random window offsets instead, and --eval-resamples K repeats the estimate on K such sets. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
+    "Deterministic by default (offset 0); --data-seed S shifts every start by one random offset c (start_i + c, modulo the N-T possible starts), and --eval-resamples K repeats the estimate on K such sets: the default is one draw (c = 0) of the rule the resamples draw from. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
     "... splits the evaluation examples into contiguous shards (gloo on CPUs, NCCL with "
     "--device cuda); every rank computes the same numbers, rank 0 prints and writes --out; "
     "each rank holds the whole model."
@@ -856,6 +871,7 @@ def _run(args: argparse.Namespace) -> int:
         eval_resamples=args.eval_resamples,
         text=args.text,
         block_size=args.block_size,
+        strict=args.strict,
     )
     if distributed.rank() != 0:
         return 0

@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_ROTATION",
     "COLUMNS",
     "EVAL_COLUMNS",
+    "LOSS_CHECK_COLUMNS",
     "NUMERIC_COLUMNS",
     "parse_estimators",
     "per_dim_label",
@@ -343,6 +344,8 @@ EVAL_COLUMNS = [
     "eval_min",
     "eval_max",
 ]
+#: nanoGPT checkpoints: the best_val_loss check (hessnorm.checkpoint.LossCheck.columns).
+LOSS_CHECK_COLUMNS = ["best_val_loss", "loss_check", "loss_check_tol", "loss_check_detectable"]
 COLUMNS = [
     "checkpoint",
     "kind",
@@ -366,6 +369,7 @@ COLUMNS = [
     "seconds",
     "d",
     *EVAL_COLUMNS,
+    *LOSS_CHECK_COLUMNS,
     "details",
 ]
 NUMERIC_COLUMNS = (
@@ -379,6 +383,9 @@ NUMERIC_COLUMNS = (
     "eval_sd",
     "eval_min",
     "eval_max",
+    "best_val_loss",
+    "loss_check_tol",
+    "loss_check_detectable",
     "value",
     "value_per_dim",
     "low",

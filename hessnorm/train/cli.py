@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         f"done: step {result['step']}, train loss {result['train_loss']:.4f}, "
         f"eval loss {result['eval_loss']:.4f}; checkpoint {result['checkpoint']}"
     )
+    print(f"wrote run folder {args.out} (config.json, metrics.csv, checkpoints)")
     return 0
 
 
