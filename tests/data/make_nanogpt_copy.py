@@ -49,7 +49,7 @@ def main() -> None:
     model = GPT(GPTConfig(**ARGS))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     rng = np.random.default_rng(2)
-    for step in range(STEPS):
+    for _ in range(STEPS):
         x, y = windows(train, rng, 32)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad()
