@@ -660,6 +660,13 @@ class LossCheck:
             least 95 %: ``tolerance + 1.645 · sd · sqrt(1/n + 1/m)``.
         always_save: nanoGPT's ``always_save_checkpoint``: then ``best_val_loss`` may
             belong to an earlier evaluation than these weights.
+
+    Example:
+        >>> c = LossCheck(recomputed=2.80, stored=2.70, windows=64, stored_windows=2400,
+        ...               sd=0.1, dtype="float32", allowance=0.0, tolerance=0.05,
+        ...               detectable=0.07)
+        >>> c.passed, c.columns()["loss_check"], c.warning()[:8]
+        (False, 'failed', 'warning:')
     """
 
     recomputed: float
