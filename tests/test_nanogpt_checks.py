@@ -238,3 +238,22 @@ def test_default_windows_are_one_draw_of_the_resample_rule():
     # same seed, same windows
     a = nanogpt_eval_windows(tokens, n, T, data_seed=3, resample=5)[0]
     assert torch.equal(a, nanogpt_eval_windows(tokens, n, T, data_seed=3, resample=5)[0])
+
+
+@pytest.mark.slow
+def test_the_eval_resamples_example_runs_small(tmp_path):
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "eval_resamples_spread.py"
+    spec = importlib.util.spec_from_file_location("example_eval_resamples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    s = module.main(tmp_path, small=True)
+    df = pd.read_csv(tmp_path / "eval_resamples.csv")
+    k = module.SMALL["k"]
+    assert len(df) == 1 + 2 * k and (df["spectral"] > 0).all() and df["loss"].notna().all()
+    for rule in ("offset resample", "uniform starts"):
+        v = df.loc[df["rule"] == rule, "spectral"]
+        assert s[rule]["sets_below_default"] == int((v < s["default"]).sum())
+        assert s[rule]["min"] <= s[rule]["mean"] <= s[rule]["max"]
+    assert (tmp_path / "eval_resamples.png").read_bytes()[:4] == b"\x89PNG"
