@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hessnorm._files import diagnose_file, is_torch_save
 from hessnorm.errors import CheckpointError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "read_state"]
@@ -73,7 +74,9 @@ def read_state(path: str | Path) -> Any:
     how to re-save it.
 
     Raises:
-        CheckpointError: no such file, an unreadable file, or one that needs unpickling.
+        CheckpointError: no such file, one that needs unpickling, or an unreadable
+            file: a damaged one (truncated, empty, not a checkpoint, a broken
+            safetensors header) is described by :func:`hessnorm._files.diagnose_file`.
 
     Example:
         >>> import tempfile, pathlib, torch
@@ -93,12 +96,16 @@ def read_state(path: str | Path) -> Any:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+            raise CheckpointError(
+                diagnose_file(path) or f"{path} is not a readable safetensors file: {exc}"
+            ) from exc
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is an empty file (0 bytes): not a checkpoint")
+        raise CheckpointError(diagnose_file(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not is_torch_save(path):  # random bytes also fail as "unpickling"
+            raise CheckpointError(diagnose_file(path)) from exc
         raise CheckpointError(
             f"refused to load {path}: it needs arbitrary unpickling (weights_only=True "
             f"rejected it: {_first_sentence(exc)}). Unpickling can run any code, "
@@ -106,9 +113,12 @@ def read_state(path: str | Path) -> Any:
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file."
         ) from exc
     except Exception as exc:
+        reason = f"{_first_sentence(exc) or type(exc).__name__}"
+        found = diagnose_file(path)
         raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): "
-            f"{_first_sentence(exc) or type(exc).__name__}"
+            f"{found} (torch.load said: {reason})"
+            if found
+            else f"cannot read {path} with torch.load(weights_only=True): {reason}"
         ) from exc
 
 

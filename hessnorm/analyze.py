@@ -196,8 +196,8 @@ def analyze(
     Every interval is conditional on the evaluation set: it covers the norm of the
     Hessian of the mean loss over *these* examples, not over the data distribution.
     ``eval_resamples=K`` measures the other source of variation: the same estimator
-    (same ``seed``) on K independent evaluation sets (for language models, K sets of
-    random window offsets drawn from ``data_seed``), reported as ``eval_sd`` (their
+    (same ``seed``) on K independent evaluation sets (for language models, the default
+    windows at K random offsets drawn from ``data_seed``), reported as ``eval_sd`` (their
     sample standard deviation), ``eval_min`` and ``eval_max``, at K times the cost.
 
     Args:
@@ -353,8 +353,13 @@ def _analyze_checkpoint(
     path: Path, run_name: str, opts: AnalyzeOptions, note, progress: bool
 ) -> list[dict]:
     """The rows of one checkpoint: load, build the operator, run every estimator."""
+    from hessnorm.checkpoint import loss_check_columns
+
     net, batches, loss_fn, info = _load(path, opts)
     _announce(path, info, note)
+    check = info.extra.get("loss_check")
+    if opts.strict and check is not None and not check.passed:
+        raise CheckpointError(f"--strict: {path}: {check.warning()}")
     if opts.eval_resamples and info.resample is None:
         raise ConfigError(
             f"--eval-resamples needs evaluation sets that can be redrawn (language models); "
@@ -402,6 +407,7 @@ def _analyze_checkpoint(
             **at_point,
             **info.eval.columns(),
             **spread.get(row["estimator"], {"eval_resamples": 0}),
+            **loss_check_columns(check),
         )
         if "per_tensor" in row["details"] and sizes:
             row["details"]["tensor_sizes"] = {k: sizes.get(k) for k in row["details"]["per_tensor"]}
@@ -772,7 +778,7 @@ _EPILOG = (
     "block size) from the N evaluation tokens, window i starting at floor(i*(N-T-1)/(n-1)) "
     "(integer arithmetic; 0 when n = 1); inputs are its first T tokens, targets its last T. "
     f"Default n = {DEFAULT_LM_WINDOWS} for every language-model format. "
-    "Deterministic by default; --data-seed S draws random window offsets instead, and --eval-resamples K repeats the estimate on K such sets. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
+    "Deterministic by default (offset 0); --data-seed S shifts every start by one random offset c (start_i + c, modulo the N-T possible starts), and --eval-resamples K repeats the estimate on K such sets: the default is one draw (c = 0) of the rule the resamples draw from. Every interval is conditional on the evaluation set used. Multi-process: torchrun --nproc-per-node N -m hessnorm analyze "
     "... splits the evaluation examples into contiguous shards (gloo on CPUs, NCCL with "
     "--device cuda); every rank computes the same numbers, rank 0 prints and writes --out; "
     "each rank holds the whole model."

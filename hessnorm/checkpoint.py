@@ -33,6 +33,7 @@ without registering it in ``sys.modules``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -59,8 +60,16 @@ __all__ = [
     "load_state_into",
     "resolve_callable",
     "nanogpt_eval_windows",
+    "window_starts",
     "check_nanogpt_model_args",
     "check_best_val_loss",
+    "loss_check",
+    "loss_check_columns",
+    "LossCheck",
+    "precision_allowance",
+    "per_window_losses",
+    "nanogpt_args_from_weights",
+    "check_model_args_against_weights",
 ]
 
 _COMPILE_PREFIX = "_orig_mod."
@@ -317,9 +326,6 @@ def load_state_into(
 #: nanoGPT ``model_args`` keys hessnorm's GPT understands (nanoGPT's GPTConfig fields).
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
-#: Relative part of the tolerance on ``best_val_loss`` (see :func:`check_best_val_loss`).
-BEST_VAL_REL_TOL = 0.01
-
 _EVAL_BATCH = EVAL_BATCH  # windows per batch (hessnorm.inputs)
 
 
@@ -328,13 +334,19 @@ def nanogpt_eval_windows(
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Evaluation windows of a language model and the rule that chose them.
 
-    With ``data_seed=None`` and ``resample=None``: :func:`hessnorm.train.tasks.lm_windows`,
-    ``n`` windows of ``block_size + 1`` tokens with evenly spaced starts (deterministic,
-    no seed). Otherwise ``n`` window starts drawn uniformly (with replacement) from
-    ``[0, len(tokens) - block_size - 1]`` by ``numpy.random.default_rng([data_seed,
-    resample])`` (``resample`` numbers the independent sets of ``--eval-resamples``; a
-    missing one counts as 0, a missing ``data_seed`` as 0): an independent draw of the
-    evaluation set, for measuring how much a Hessian norm moves with it.
+    One rule, a systematic sample: the ``n`` window starts of
+    :func:`hessnorm.train.tasks.lm_windows`, ``b_i = floor(i · S / (n - 1))`` over the
+    ``S + 1 = len(tokens) - block_size`` possible starts, shifted circularly by an
+    offset ``c``: ``start_i = (b_i + c) mod (S + 1)``. With ``data_seed=None`` and
+    ``resample=None`` the offset is ``c = 0`` (the deterministic default, exactly
+    ``lm_windows``); otherwise ``c`` is drawn uniformly from ``{0, ..., S}`` by
+    ``numpy.random.default_rng([data_seed, resample])`` (``resample`` numbers the
+    independent sets of ``--eval-resamples``; a missing one counts as 0, a missing
+    ``data_seed`` as 0). So the default is one draw (``c = 0``) of the very rule the
+    resamples draw from: every start is uniform over the split for a uniform ``c``,
+    the windows keep the default's even spacing, and the spread over resamples is the
+    variation of the default's own design (a set of independent uniform starts would
+    be another design, with a larger spread where the text changes along the split).
 
     Returns:
         ``(inputs, targets, rule)``: int64 tensors (n, T) and a one-line description.
@@ -345,10 +357,10 @@ def nanogpt_eval_windows(
     Example:
         >>> x, y, rule = nanogpt_eval_windows(list(range(10)), 2, 3)
         >>> x.tolist(), rule
-        ([[0, 1, 2], [6, 7, 8]], 'lm_windows: evenly spaced starts (deterministic)')
+        ([[0, 1, 2], [6, 7, 8]], 'lm_windows: evenly spaced starts (deterministic, offset 0)')
         >>> x, y, rule = nanogpt_eval_windows(list(range(10)), 2, 3, data_seed=1)
         >>> bool((y - x == 1).all()), rule
-        (True, 'random offsets: numpy default_rng([data_seed=1, resample=0])')
+        (True, 'lm_windows at a random offset: numpy default_rng([data_seed=1, resample=0])')
     """
     import numpy as np
 
@@ -356,7 +368,7 @@ def nanogpt_eval_windows(
 
     if data_seed is None and resample is None:
         x, y = lm_windows(tokens, n, block_size)
-        return x, y, "lm_windows: evenly spaced starts (deterministic)"
+        return x, y, "lm_windows: evenly spaced starts (deterministic, offset 0)"
     T = int(block_size)
     if int(n) < 1:
         raise ConfigError(f"the number of evaluation windows must be >= 1, got {n}")
@@ -365,19 +377,50 @@ def nanogpt_eval_windows(
             f"the evaluation split has {len(tokens)} tokens, fewer than block_size + 1 = {T + 1}"
         )
     s, r = int(data_seed or 0), int(resample or 0)
-    starts = np.random.default_rng([s, r]).integers(0, len(tokens) - T, size=int(n))
+    starts = window_starts(len(tokens), int(n), T, offset_seed=(s, r))
     rows = torch.from_numpy(
-        np.stack([np.asarray(tokens[i : i + T + 1], dtype=np.int64) for i in starts.tolist()])
+        np.stack([np.asarray(tokens[i : i + T + 1], dtype=np.int64) for i in starts])
     )
     return (
         rows[:, :-1],
         rows[:, 1:],
-        f"random offsets: numpy default_rng([data_seed={s}, resample={r}])",
+        f"lm_windows at a random offset: numpy default_rng([data_seed={s}, resample={r}])",
     )
 
 
+def window_starts(
+    n_tokens: int, n: int, block_size: int, *, offset_seed: tuple[int, int] | None = None
+) -> list[int]:
+    """Window starts of :func:`nanogpt_eval_windows`: lm_windows' starts, shifted.
+
+    ``offset_seed=None`` gives offset 0 (the starts of
+    :func:`hessnorm.train.tasks.lm_windows`); ``(data_seed, resample)`` draws the offset
+    ``c`` uniformly from ``{0, ..., S}``, ``S = n_tokens - block_size - 1``.
+
+    Example:
+        >>> window_starts(10, 2, 3), window_starts(10, 3, 3)
+        ([0, 6], [0, 3, 6])
+        >>> all(0 <= s <= 6 for s in window_starts(10, 3, 3, offset_seed=(0, 4)))
+        True
+    """
+    import numpy as np
+
+    span = int(n_tokens) - int(block_size) - 1
+    base = [i * span // max(n - 1, 1) for i in range(n)]
+    if offset_seed is None:
+        return base
+    c = int(np.random.default_rng(list(offset_seed)).integers(0, span + 1))
+    return [(b + c) % (span + 1) for b in base]
+
+
 def nanogpt_tokens(data_dir, data) -> tuple[Any, dict, int | None]:
-    """(val tokens, description, corpus vocabulary) of the data a nanoGPT checkpoint is read on."""
+    """(val tokens, description, corpus vocabulary) of the data a nanoGPT checkpoint is read on.
+
+    Example:
+        >>> tokens, source, vocab = nanogpt_tokens(None, "builtin")
+        >>> vocab, source["split"], len(tokens) > 1000
+        (256, 'eval (last 10%)', True)
+    """
     import numpy as np
 
     from hessnorm.train.data import load_text
@@ -442,6 +485,79 @@ def check_nanogpt_model_args(args: Mapping) -> list[str]:
     return notes
 
 
+#: The ``model_args`` the weights' shapes imply, and those they cannot (see
+#: :func:`nanogpt_args_from_weights`).
+IMPLIED_BY_WEIGHTS = ("vocab_size", "block_size", "n_embd", "n_layer", "bias")
+NOT_IMPLIED_BY_WEIGHTS = ("n_head", "dropout")
+
+
+def nanogpt_args_from_weights(state: Mapping[str, torch.Tensor]) -> dict:
+    """The nanoGPT ``model_args`` a state_dict's keys and shapes imply.
+
+    ``vocab_size`` and ``n_embd`` from ``transformer.wte.weight`` (V, C),
+    ``block_size`` from ``transformer.wpe.weight`` (T, C), ``n_layer`` from the
+    blocks ``transformer.h.<i>``, ``bias`` from ``transformer.ln_f.bias``. Not
+    implied: ``n_head`` (every head count that divides ``n_embd`` gives the same
+    shapes; only the loss check of :func:`loss_check` can catch an edited one) and
+    ``dropout`` (no parameter; off during analysis anyway). Keys of ``torch.compile``
+    (``_orig_mod.``) are understood.
+
+    Example:
+        >>> from hessnorm.train.gpt import GPT, GPTConfig
+        >>> cfg = GPTConfig(block_size=8, vocab_size=11, n_layer=3, n_head=2, n_embd=4, bias=False)
+        >>> nanogpt_args_from_weights(GPT(cfg).state_dict())
+        {'vocab_size': 11, 'n_embd': 4, 'block_size': 8, 'n_layer': 3, 'bias': False}
+    """
+    state = _strip_prefix(state)
+    out: dict = {}
+    wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
+    if wte is not None and wte.dim() == 2:
+        out["vocab_size"], out["n_embd"] = int(wte.shape[0]), int(wte.shape[1])
+    if wpe is not None and wpe.dim() == 2:
+        out["block_size"] = int(wpe.shape[0])
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("transformer.h.")}
+    if blocks:
+        out["n_layer"] = max(blocks) + 1
+    if "transformer.ln_f.weight" in state:
+        out["bias"] = "transformer.ln_f.bias" in state
+    return out
+
+
+def check_model_args_against_weights(args: Mapping, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse ``model_args`` that contradict what the weights imply (:data:`IMPLIED_BY_WEIGHTS`).
+
+    Raises:
+        CheckpointError: naming every contradicting entry, its value and the weights'.
+
+    Example:
+        >>> from hessnorm.train.gpt import GPT, GPTConfig
+        >>> w = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=4)).state_dict()
+        >>> check_model_args_against_weights({"n_layer": 2, "n_head": 4}, w)
+        Traceback (most recent call last):
+        ...
+        hessnorm.errors.CheckpointError: the checkpoint's model_args contradict its weights: n_layer=2 but the weights hold 1 (blocks transformer.h.0..0). Weight shapes cannot tell n_head; the loss check compares the recomputed loss with best_val_loss instead
+    """
+    implied = nanogpt_args_from_weights(state)
+    where = {
+        "vocab_size": "rows of transformer.wte.weight",
+        "n_embd": "columns of transformer.wte.weight",
+        "block_size": "rows of transformer.wpe.weight",
+        "n_layer": f"blocks transformer.h.0..{implied.get('n_layer', 1) - 1}",
+        "bias": "transformer.ln_f.bias present" if implied.get("bias") else "no bias tensors",
+    }
+    bad = [
+        f"{k}={args[k]!r} but the weights hold {implied[k]!r} ({where[k]})"
+        for k in IMPLIED_BY_WEIGHTS
+        if k in args and k in implied and args[k] != implied[k]
+    ]
+    if bad:
+        raise CheckpointError(
+            "the checkpoint's model_args contradict its weights: " + "; ".join(bad) + ". "
+            "Weight shapes cannot tell n_head; the loss check compares the recomputed loss "
+            "with best_val_loss instead"
+        )
+
+
 def _drop_mask_buffers(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
     """Drop nanoGPT's causal-mask buffers ``*.attn.bias`` (non-flash path): buffers, not weights.
 
@@ -466,6 +582,7 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_se
 
     args = dict(ckpt["model_args"])
     notes = check_nanogpt_model_args(args)
+    check_model_args_against_weights(args, ckpt["model"])
     known = set(GPTConfig.__dataclass_fields__)
     config = GPTConfig(**{k: v for k, v in args.items() if k in known})
     if eval_examples is not None and int(eval_examples) < 1:
@@ -516,63 +633,243 @@ def _load_nanogpt(ckpt: Mapping, *, data_dir, data, eval_examples, seed, data_se
         "resample": lambda k: batches_for(k)[0],
         "best_val_loss": float(best) if isinstance(best, (int, float, torch.Tensor)) else None,
         "nanogpt_eval_windows": int(cfg.get("eval_iters", 200)) * int(cfg.get("batch_size", 12)),
+        "nanogpt_config": {
+            k: cfg[k] for k in ("dtype", "device", "always_save_checkpoint") if k in cfg
+        },
     }
     return model, batches, lm_loss, meta
 
 
-def check_best_val_loss(model: nn.Module, batches, meta: Mapping) -> str | None:
-    """Compare the loss recomputed on the evaluation windows with nanoGPT's ``best_val_loss``.
+#: Relative precision allowance of :class:`LossCheck` per training dtype: 2.5 rounding
+#: units of the autocast dtype (2^-8 for bfloat16, 2^-11 for float16), none for float32.
+PRECISION_ALLOWANCE = {"float32": 0.0, "float16": 2.5 * 2.0**-11, "bfloat16": 2.5 * 2.0**-8}
 
-    nanoGPT stores ``best_val_loss`` = its ``estimate_loss()`` on the val split when
-    the checkpoint was written: the mean over ``eval_iters × batch_size`` random
-    windows (200 × 12 by default), often under bf16 autocast. Both numbers estimate
-    the same expectation, so they differ by sampling error plus precision. The
-    tolerance is ``4 · s · sqrt(1/n + 1/m) + 0.01 · best_val_loss``, with ``s`` the
-    standard deviation of the per-window losses, ``n`` our windows and ``m``
-    nanoGPT's: four standard errors of the difference (a false alarm under 1e-4 for a
-    normal difference) plus 1 % for autocast and float differences. A larger gap
-    means the weights, the architecture (e.g. a changed ``n_head``) or the data do
-    not match the training run, and the returned warning says so. One forward pass
-    over the evaluation set; no HVP.
+#: Standard errors in the tolerance (a false alarm below 1e-4 for a normal difference),
+#: and the one-sided normal quantile of the 95 % power of the detectable shift.
+LOSS_CHECK_Z, LOSS_CHECK_POWER_Z = 4.0, 1.6449
 
-    Returns:
-        A warning, or None (also when the checkpoint has no ``best_val_loss`` or the
-        data is not its val split).
+
+@dataclasses.dataclass(frozen=True)
+class LossCheck:
+    """The comparison of a nanoGPT checkpoint's recomputed loss with its ``best_val_loss``.
+
+    Attributes:
+        recomputed: mean loss over hessnorm's ``windows`` evaluation windows.
+        stored: the checkpoint's ``best_val_loss``.
+        windows, stored_windows: n (ours) and m (nanoGPT's ``eval_iters × batch_size``).
+        sd: standard deviation of the per-window losses.
+        dtype: the run's training dtype (``config['dtype']``), None if not recorded.
+        allowance: relative precision allowance for that dtype
+            (:data:`PRECISION_ALLOWANCE`; 0 for float32 or a CPU run, which nanoGPT
+            does not autocast).
+        tolerance: ``z · sd · sqrt(1/n + 1/m) + allowance · |stored|`` (z = 4).
+        detectable: the smallest true shift of the loss flagged with probability at
+            least 95 %: ``tolerance + 1.645 · sd · sqrt(1/n + 1/m)``.
+        always_save: nanoGPT's ``always_save_checkpoint``: then ``best_val_loss`` may
+            belong to an earlier evaluation than these weights.
 
     Example:
-        >>> import math
-        >>> model = nn.Embedding(5, 5)  # token -> logits; zero weights: loss log(5)
-        >>> _ = nn.init.zeros_(model.weight)
-        >>> batches = [(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))]
-        >>> print(check_best_val_loss(model, batches, {"best_val_loss": math.log(5), "split": "val"}))
-        None
-        >>> check_best_val_loss(model, batches, {"best_val_loss": 3.0, "split": "val"})[:64]
-        'warning: the loss recomputed on the evaluation windows (1.6094) '
+        >>> c = LossCheck(recomputed=2.80, stored=2.70, windows=64, stored_windows=2400,
+        ...               sd=0.1, dtype="float32", allowance=0.0, tolerance=0.05,
+        ...               detectable=0.07)
+        >>> c.passed, c.columns()["loss_check"], c.warning()[:8]
+        (False, 'failed', 'warning:')
     """
-    best = meta.get("best_val_loss")
-    if best is None or meta.get("split") != "val" or not math.isfinite(best):
-        return None
+
+    recomputed: float
+    stored: float
+    windows: int
+    stored_windows: int
+    sd: float
+    dtype: str | None
+    allowance: float
+    tolerance: float
+    detectable: float
+    always_save: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.recomputed - self.stored) <= self.tolerance
+
+    def summary(self) -> str:
+        """The one line ``analyze`` prints for every nanoGPT checkpoint, pass or fail."""
+        prec = (
+            f"{100 * self.allowance:.2g}% for {self.dtype} autocast"
+            if self.allowance
+            else f"no precision allowance ({self.dtype or 'dtype not recorded'})"
+        )
+        verdict = "≤" if self.passed else ">"
+        return (
+            f"loss check: recomputed {self.recomputed:.4f} on {self.windows} windows vs "
+            f"best_val_loss {self.stored:.4f} (nanoGPT, {self.stored_windows} random windows): "
+            f"|difference| {abs(self.recomputed - self.stored):.4f} {verdict} tolerance "
+            f"{self.tolerance:.4f} ({LOSS_CHECK_Z:g} standard errors + {prec}); a true "
+            f"shift of {self.detectable:.4f} or more is caught with 95% probability"
+        )
+
+    def warning(self) -> str | None:
+        """None when the check passed, else a warning saying what may be wrong."""
+        if self.passed:
+            return None
+        later = (
+            " (always_save_checkpoint was on, so best_val_loss may come from an earlier, "
+            "better evaluation than these weights)"
+            if self.always_save and self.recomputed > self.stored
+            else ""
+        )
+        return (
+            f"warning: the loss recomputed on the evaluation windows ({self.recomputed:.4f}) "
+            f"differs from the checkpoint's best_val_loss ({self.stored:.4f}) by more than "
+            f"the tolerance {self.tolerance:.4f}: the model_args (e.g. n_head, which no weight "
+            f"shape implies), the weights or the data may not be what the run used{later}"
+        )
+
+    def columns(self) -> dict:
+        """The row columns :data:`hessnorm.results.LOSS_CHECK_COLUMNS`."""
+        return {
+            "best_val_loss": self.stored,
+            "loss_check": "passed" if self.passed else "failed",
+            "loss_check_tol": self.tolerance,
+            "loss_check_detectable": self.detectable,
+        }
+
+
+def loss_check_columns(check: LossCheck | None) -> dict:
+    """Row columns of a loss check; empty values for checkpoints without one.
+
+    Example:
+        >>> loss_check_columns(None)["loss_check"]
+        ''
+    """
+    if check is None:
+        return {
+            "best_val_loss": None,
+            "loss_check": "",
+            "loss_check_tol": None,
+            "loss_check_detectable": None,
+        }
+    return check.columns()
+
+
+def precision_allowance(config: Mapping) -> tuple[str | None, float]:
+    """``(dtype, relative allowance)`` of a nanoGPT run from its ``config``.
+
+    nanoGPT autocasts to ``config['dtype']`` on CUDA only (``device_type == 'cpu'``
+    gets a null context), so a CPU run or a float32 one gets no allowance. A config
+    without ``dtype`` is assumed bfloat16, nanoGPT's default where supported.
+
+    Raises:
+        CheckpointError: a ``dtype`` nanoGPT does not offer.
+
+    Example:
+        >>> precision_allowance({"dtype": "float32"}), precision_allowance({"dtype": "bfloat16"})
+        (('float32', 0.0), ('bfloat16', 0.009765625))
+        >>> precision_allowance({"dtype": "bfloat16", "device": "cpu"})
+        ('bfloat16 (CPU: not autocast)', 0.0)
+    """
+    dtype = config.get("dtype")
+    if dtype is None:
+        return None, PRECISION_ALLOWANCE["bfloat16"]
+    if str(dtype) not in PRECISION_ALLOWANCE:
+        return f"{dtype} (not a nanoGPT dtype: allowed as bfloat16)", PRECISION_ALLOWANCE[
+            "bfloat16"
+        ]
+    if str(config.get("device", "cuda")).startswith("cpu") and dtype != "float32":
+        return f"{dtype} (CPU: not autocast)", 0.0
+    return str(dtype), PRECISION_ALLOWANCE[str(dtype)]
+
+
+def per_window_losses(model: nn.Module, batches) -> list[float]:
+    """Mean cross-entropy of every evaluation window (one forward pass, no HVP).
+
+    Example:
+        >>> model = nn.Embedding(5, 5)
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> x = torch.zeros(2, 3, dtype=torch.long)
+        >>> [round(v, 4) for v in per_window_losses(model, [(x, x)])]
+        [1.6094, 1.6094]
+    """
     device = next(model.parameters()).device
-    per_window = []
+    out = []
     with torch.no_grad():
         for x, y in batches:
             logits = model(x.to(device))
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
             ce = F.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")
-            per_window += ce.mean(dim=1).double().cpu().tolist()
+            out += ce.mean(dim=1).double().cpu().tolist()
+    return out
+
+
+def loss_check(model: nn.Module, batches, meta: Mapping) -> LossCheck | None:
+    """Compare the loss recomputed on the evaluation windows with nanoGPT's ``best_val_loss``.
+
+    nanoGPT stores ``best_val_loss``, its ``estimate_loss()`` on the val split: the
+    mean over ``m = eval_iters × batch_size`` random windows (200 × 12 by default),
+    under autocast to ``config['dtype']`` on a GPU. Our mean over ``n`` windows
+    estimates the same expectation, so the two differ by sampling error, with standard
+    error ``se = s · sqrt(1/n + 1/m)`` (``s`` the sd of our per-window losses), plus
+    precision. The tolerance is ``4 · se + a · |best_val_loss|`` with ``a`` from
+    :func:`precision_allowance` (0 for float32): a false alarm under 1e-4 for a normal
+    difference. A true shift ``δ`` is flagged with probability at least 95 % once
+    ``|δ| ≥ tolerance + 1.645 · se`` (the ``detectable`` shift): more windows
+    (``--eval-examples``) make the check sharper. A larger gap means the weights, the
+    architecture (e.g. an edited ``n_head``, which changes no shape) or the data do not
+    match the run. Cost: one forward pass over the evaluation set; no HVP.
+
+    Returns:
+        A :class:`LossCheck`, or None when the checkpoint has no finite
+        ``best_val_loss`` or the data is not its val split.
+
+    Example:
+        >>> import math
+        >>> model = nn.Embedding(5, 5)  # token -> logits; zero weights: loss log(5)
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> batches = [(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))]
+        >>> c = loss_check(model, batches, {"best_val_loss": math.log(5), "split": "val",
+        ...                                 "nanogpt_config": {"dtype": "float32"}})
+        >>> c.passed, c.tolerance < 1e-5, round(c.recomputed, 4)
+        (True, True, 1.6094)
+    """
+    best = meta.get("best_val_loss")
+    if best is None or meta.get("split") != "val" or not math.isfinite(best):
+        return None
+    config = meta.get("nanogpt_config") or {}
+    dtype, allowance = precision_allowance(config)
+    per_window = per_window_losses(model, batches)
     n = len(per_window)
     mean = sum(per_window) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in per_window) / max(n - 1, 1))
     m = max(int(meta.get("nanogpt_eval_windows") or 2400), 1)
-    tol = 4 * sd * math.sqrt(1 / n + 1 / m) + BEST_VAL_REL_TOL * abs(best)
-    if abs(mean - best) <= tol:
-        return None
-    return (
-        f"warning: the loss recomputed on the evaluation windows ({mean:.4f}) differs from the "
-        f"checkpoint's best_val_loss ({best:.4f}) by more than the tolerance {tol:.4f}: the "
-        "model_args (e.g. n_head), the weights or the data may not be what the run used"
+    se = sd * math.sqrt(1 / n + 1 / m)
+    # plus 1e-6·|loss|: the float32 rounding of a stored loss (nothing can be finer)
+    tol = LOSS_CHECK_Z * se + allowance * abs(best) + 1e-6 * abs(best)
+    return LossCheck(
+        recomputed=mean,
+        stored=float(best),
+        windows=n,
+        stored_windows=m,
+        sd=sd,
+        dtype=dtype,
+        allowance=allowance,
+        tolerance=tol,
+        detectable=tol + LOSS_CHECK_POWER_Z * se,
+        always_save=bool(config.get("always_save_checkpoint", False)),
     )
+
+
+def check_best_val_loss(model: nn.Module, batches, meta: Mapping) -> str | None:
+    """The warning of :func:`loss_check`, or None (passed, or nothing to check).
+
+    Example:
+        >>> model = nn.Embedding(5, 5)
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> batches = [(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))]
+        >>> check_best_val_loss(model, batches, {"best_val_loss": 3.0, "split": "val"})[:64]
+        'warning: the loss recomputed on the evaluation windows (1.6094) '
+    """
+    check = loss_check(model, batches, meta)
+    return None if check is None else check.warning()
 
 
 def load(
@@ -708,9 +1005,10 @@ def load(
     net.eval()
     meta = {"checkpoint": str(path), **_data_meta(meta, eval_examples, data_seed, batches)}
     if kind == "nanogpt":
-        warning = check_best_val_loss(net, batches, meta)
-        if warning:
-            meta["notes"] = [*meta["notes"], warning]
+        check = loss_check(net, batches, meta)
+        meta["loss_check"] = check
+        if check is not None:
+            meta["notes"] = [*meta["notes"], check.summary(), *filter(None, [check.warning()])]
     return net, batches, loss_fn, CheckpointInfo.from_loader(meta)
 
 
@@ -779,7 +1077,7 @@ def _gpt_run_data(meta: dict, eval_examples, data_seed, batches) -> dict:
         x, y = x.to(device), y.to(device)
         return [(x[i : i + _EVAL_BATCH], y[i : i + _EVAL_BATCH]) for i in range(0, n, _EVAL_BATCH)]
 
-    rule = "lm_windows: evenly spaced starts (deterministic)"
+    rule = "lm_windows: evenly spaced starts (deterministic, offset 0)"
     if data_seed is not None:
         batches[:] = resample(None)
         rule = nanogpt_eval_windows(val, 1, T, data_seed=data_seed)[2]

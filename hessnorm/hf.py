@@ -204,6 +204,18 @@ def _dropout_note(raw: Mapping[str, Any]) -> str | None:
     )
 
 
+def _weight_files(path: Path, weights: list[str]) -> list[Path]:
+    """The weight files themselves: single files, and the shards an index names."""
+    files = [path / w for w in weights if not w.endswith(".json")]
+    for index in (w for w in weights if w.endswith(".json")):
+        try:
+            shards = json.loads((path / index).read_text()).get("weight_map", {}).values()
+        except (OSError, ValueError, AttributeError):
+            continue
+        files += [path / s for s in sorted(set(shards)) if (path / s).is_file()]
+    return files
+
+
 def load_causal_lm(
     model_dir: str | os.PathLike,
     *,
@@ -296,6 +308,11 @@ def load_causal_lm(
     except HessnormError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, pickle errors...
+        from hessnorm._files import diagnose_file
+
+        damaged = [m for m in (diagnose_file(f) for f in _weight_files(path, weights)) if m]
+        if damaged:
+            raise CheckpointError("; ".join(damaged)) from exc
         raise CheckpointError(
             f"transformers could not load {path} as {arch}: {type(exc).__name__}: {exc}"
         ) from exc

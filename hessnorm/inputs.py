@@ -58,7 +58,8 @@ class EvalSet:
         block_size: Hugging Face folders: tokens per window (None: the context length,
             at most 1024).
         data_seed: language models: None keeps the deterministic evenly spaced
-            ``lm_windows`` rule; an int draws random window offsets with it.
+            ``lm_windows`` starts (offset 0); an int shifts every start by one random
+            offset drawn with it (the rule ``--eval-resamples`` draws from).
 
     Example:
         >>> EvalSet().lm_windows(), EvalSet(windows=8).lm_windows()
@@ -303,6 +304,11 @@ class AnalyzeOptions:
     model: Any = _field(None, "state_dicts: 'module:factory' building the model")
     loss: Any = _field(None, "'module:function' batch-mean loss (default cross-entropy)")
     task: str | None = _field(None, "state_dicts: a trainer task instead of --model/--data")
+    strict: bool = _field(
+        False,
+        "nanoGPT: refuse a checkpoint whose recomputed loss differs from its best_val_loss by "
+        "more than the printed tolerance (default: warn)",
+    )
     progress: bool = _field(True, "progress bars")
     log: Any = _field(None, "where notes go (default stderr; False: nowhere)")
 

@@ -25,6 +25,7 @@ from hessnorm.errors import ConfigError
 __all__ = [
     "COLUMNS",
     "EVAL_COLUMNS",
+    "LOSS_CHECK_COLUMNS",
     "NUMERIC_COLUMNS",
     "DEFAULT_ESTIMATORS",
     "DEFAULT_ROTATION",
@@ -69,6 +70,8 @@ EVAL_COLUMNS = [
     "eval_min",
     "eval_max",
 ]
+#: nanoGPT checkpoints: the best_val_loss check (hessnorm.checkpoint.LossCheck.columns).
+LOSS_CHECK_COLUMNS = ["best_val_loss", "loss_check", "loss_check_tol", "loss_check_detectable"]
 COLUMNS = [
     "checkpoint",
     "kind",
@@ -92,6 +95,7 @@ COLUMNS = [
     "seconds",
     "d",
     *EVAL_COLUMNS,
+    *LOSS_CHECK_COLUMNS,
     "details",
 ]
 NUMERIC_COLUMNS = (
@@ -105,6 +109,9 @@ NUMERIC_COLUMNS = (
     "eval_sd",
     "eval_min",
     "eval_max",
+    "best_val_loss",
+    "loss_check_tol",
+    "loss_check_detectable",
     "value",
     "value_per_dim",
     "low",

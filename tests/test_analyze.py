@@ -97,9 +97,12 @@ def test_train_analyze_report_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert list(out.glob("*.png")) and list(out.glob("*.csv"))
-    # the report's table carries the analyzed numbers unchanged, for the last checkpoint
+    # the report's table carries the analyzed numbers unchanged, one row per checkpoint in
+    # step order; the last one is the last checkpoint's
     norms = pd.read_csv(out / "norms.csv")
-    row = norms[norms["estimator"] == "l11"].iloc[0]
+    l11 = norms[norms["estimator"] == "l11"]
+    assert l11["step"].is_monotonic_increasing and l11["checkpoint"].is_unique
+    row = l11.iloc[-1]
     assert row["step"] == 4
     assert row["value"] == last["value"] and row["low"] == last["low"]
     assert row["bound_value"] == pytest.approx(last["value"], rel=1e-15)  # bound ‖H‖₁,₁

@@ -195,12 +195,17 @@ def test_report_files_and_norms_table_equal_inputs(inputs, tmp_path):
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Norms table: exactly the rows of each run's last checkpoint, numbers unchanged.
+    # Norms table: exactly one row per (run, checkpoint, estimator), numbers unchanged,
+    # each run's checkpoints in step order.
     table = pd.read_csv(out / "norms.csv", keep_default_na=False, na_values=[""])
     last = res[res["step"] == 300]
-    assert len(table) == len(last) == 3 * len(ESTIMATORS)
-    merged = table.merge(last, on=["run", "estimator"], suffixes=("", "_in"), validate="1:1")
-    assert len(merged) == len(last)
+    assert len(table) == len(res) == 3 * 3 * len(ESTIMATORS)
+    for _, g in table.groupby(["run", "estimator"]):
+        assert g["step"].tolist() == [100, 200, 300]
+    merged = table.merge(
+        res, on=["run", "checkpoint", "estimator"], suffixes=("", "_in"), validate="1:1"
+    )
+    assert len(merged) == len(res)
     for col in ("value", "low", "high", "value_per_dim", "bound_per_dim", "confidence", "seconds"):
         np.testing.assert_array_equal(merged[col].to_numpy(), merged[f"{col}_in"].to_numpy())
     # The bound H(L, Φ) and its interval: d·value for spectral (value = ‖H‖₂), the value
@@ -208,7 +213,7 @@ def test_report_files_and_norms_table_equal_inputs(inputs, tmp_path):
     factor = np.where(merged["estimator"] == "spectral", D, 1.0)
     for col in ("value", "low", "high"):
         np.testing.assert_allclose(merged[f"bound_{col}"], factor * merged[col], rtol=1e-14)
-    for col in ("step", "d", "n_hvp", "metric", "bound", "optimizer", "checkpoint"):
+    for col in ("step", "d", "n_hvp", "metric", "bound", "optimizer"):
         assert (merged[col] == merged[f"{col}_in"]).all(), col
     # Optimizer order of paper 000: adam, adasgd, rotated-adam.
     assert list(dict.fromkeys(table["optimizer"])) == ["adam", "adasgd", "rotated-adam"]
@@ -318,8 +323,9 @@ def test_json_results_equal_csv_results(inputs, tmp_path):
     assert len(pd.read_csv(tmp_path / "twice" / "norms.csv")) == len(a)
 
 
-def test_last_checkpoint_and_standalone_checkpoints():
-    """Rows without `run` (nanoGPT / state_dict inputs) each stand alone; last step wins."""
+def test_every_checkpoint_and_standalone_checkpoints():
+    """Rows without `run` (nanoGPT / state_dict inputs) each stand alone; a run's
+    checkpoints are all listed, in step order."""
     rows = [
         dict(checkpoint="a/ckpt.pt", kind="nanogpt", run="", step="", estimator="l11", value=3.0),
         dict(
@@ -329,8 +335,8 @@ def test_last_checkpoint_and_standalone_checkpoints():
         dict(checkpoint="r/ckpt_000020.pt", run="r", step=20, estimator="l11", value=2.0),
     ]
     t = norms_table(pd.DataFrame(rows))
-    assert sorted(t["value"]) == [2.0, 3.0, 4.0]
-    assert t.loc[t["run"] == "r", "step"].item() == 20
+    assert sorted(t["value"]) == [1.0, 2.0, 3.0, 4.0]
+    assert t.loc[t["run"] == "r", "step"].tolist() == [10, 20]
 
 
 def test_bad_inputs_raise_config_error(tmp_path):

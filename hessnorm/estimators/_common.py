@@ -273,6 +273,12 @@ def cauchy_probe_ranges(
     The same stream positions as :func:`cauchy_probes` (entry j of probe i at i·d + j),
     so a sharded operator's local shard of each probe equals those columns of the
     unsharded probe, bit for bit, for any number of ranks.
+
+    Example:
+        >>> whole = cauchy_probes(5, 0, 2, 10)
+        >>> part = cauchy_probe_ranges(5, 0, 2, 10, [(1, 3), (7, 10)])
+        >>> torch.equal(part, torch.cat([whole[:, 1:3], whole[:, 7:10]], dim=1))
+        True
     """
     key = cauchy_key(seed)
     width = sum(hi - lo for lo, hi in ranges)

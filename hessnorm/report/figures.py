@@ -24,7 +24,7 @@ from hessnorm.report.inputs import (
 )
 from hessnorm.results import per_dim_label
 
-__all__ = ["plot_l0l1"]
+__all__ = ["plot_l0l1", "texts_outside_canvas"]
 
 
 def plot_l0l1(
@@ -120,13 +120,95 @@ def _new_figure(w: float, h: float):
 
 
 def _finish(fig, rect=None) -> bytes:
-    if rect is None:
-        fig.tight_layout()
-    else:
-        fig.tight_layout(rect=rect)
+    """Lay out, wrap any title or label wider than the canvas, and render to PNG bytes."""
+
+    def layout():
+        if rect is None:
+            fig.tight_layout()
+        else:
+            fig.tight_layout(rect=rect)
+
+    layout()
+    for _ in range(4):  # wrapping one line can push another; a few rounds settle it
+        if not _wrap_wide_texts(fig):
+            break
+        layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
+
+
+def _shown_texts(fig) -> list:
+    """The figure's visible, non-empty titles, axis labels, annotations and legend texts."""
+    out = list(fig.texts)
+    for leg in fig.legends:
+        out += leg.get_texts()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        out += ax.texts
+        if ax.get_legend() is not None:
+            out += ax.get_legend().get_texts()
+    return [t for t in out if t.get_visible() and t.get_text().strip()]
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def texts_outside_canvas(fig, tol_px: float = 0.5) -> list[str]:
+    """The texts of ``fig`` whose rendered extent leaves the canvas (would be clipped).
+
+    Renders the figure at its own dpi (as ``savefig`` with that dpi does) and compares
+    with the canvas the window extent of every visible title, suptitle, axis label,
+    annotation and legend text, and of every visible axes with its decorations (tick
+    labels included; reported as ``"axes '<title>'"``).
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(2, 2), dpi=50)
+        >>> _ = fig.suptitle("a title far too long for a figure two inches wide, surely")
+        >>> [t[:7] for t in texts_outside_canvas(fig)]
+        ['a title']
+    """
+    renderer = _renderer(fig)
+    w, h = fig.bbox.width, fig.bbox.height
+
+    def outside(box) -> bool:
+        return box.x0 < -tol_px or box.y0 < -tol_px or box.x1 > w + tol_px or box.y1 > h + tol_px
+
+    bad = [t.get_text() for t in _shown_texts(fig) if outside(t.get_window_extent(renderer))]
+    for ax in fig.axes:
+        if ax.get_visible() and outside(ax.get_tightbbox(renderer)):
+            bad.append(f"axes {ax.get_title()!r}")
+    return bad
+
+
+def _wrap_wide_texts(fig) -> bool:
+    """Re-wrap every text wider than the canvas onto more lines; True if any changed."""
+    import textwrap
+
+    renderer = _renderer(fig)
+    width = fig.bbox.width
+    changed = False
+    for t in _shown_texts(fig):
+        box = t.get_window_extent(renderer)
+        if box.width <= 0.98 * width:
+            continue
+        text = t.get_text()
+        longest = max(len(line) for line in text.splitlines())
+        chars = max(8, int(longest * 0.95 * width / box.width))
+        wrapped = "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
+        if wrapped != text:
+            t.set_text(wrapped)
+            changed = True
+    return changed
 
 
 def _plain_log_ticks(ax, which: str = "y") -> None:

@@ -18,7 +18,7 @@ from hessnorm.report.inputs import (
     optimizer_rank,
     run_keys,
 )
-from hessnorm.results import EVAL_COLUMNS, family, is_spectrum
+from hessnorm.results import EVAL_COLUMNS, LOSS_CHECK_COLUMNS, family, is_spectrum
 
 __all__ = ["norms_table", "spectrum_table"]
 
@@ -28,9 +28,10 @@ __all__ = ["norms_table", "spectrum_table"]
 def norms_table(results: pd.DataFrame) -> pd.DataFrame:
     """The smoothness table of paper 000, Tables 2–3, from ``hessnorm analyze`` rows.
 
-    Keeps, for every run (rows sharing ``run``; rows without one each stand alone by
-    ``checkpoint``), the rows of its last checkpoint (largest ``step``; the last one
-    listed when steps are missing). Exact duplicates (the same file read twice) are
+    One row per (run, checkpoint, estimator, rotation): every analysed checkpoint of
+    a run (rows sharing ``run``; rows without one each stand alone by ``checkpoint``)
+    is listed, in step order within the run, so a folder of checkpoints analysed
+    together reads as a trajectory. Exact duplicates (the same file read twice) are
     dropped. Input numbers are copied unchanged; ``bound_value, bound_low,
     bound_high`` are the bound H(L, Φ) named in ``bound`` and its interval
     (``bound_per_dim · d``; the estimate's interval scaled by the same factor, e.g.
@@ -45,15 +46,16 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         metric, bound, rotation, bound_value, bound_low, bound_high, bound_per_dim,
         value, low, high, confidence, value_per_dim, d, n_hvp, seconds``, then the
         loss and evaluation-set columns of :data:`hessnorm.results.COLUMNS` (``loss`` ..
-        ``eval_max``), ordered by optimizer then estimator.
+        ``eval_max``) and the nanoGPT loss check (:data:`hessnorm.results.LOSS_CHECK_COLUMNS`),
+        ordered by optimizer, run, step, then estimator.
 
     Example:
-        >>> rows = pd.DataFrame({"checkpoint": ["r/ckpt_000010.pt", "r/ckpt_000020.pt"],
-        ...                      "run": ["r", "r"], "step": [10, 20], "estimator": ["l11"] * 2,
-        ...                      "bound": ["‖H‖₁,₁"] * 2, "value": [1.5, 2.5], "d": [10, 10]})
+        >>> rows = pd.DataFrame({"checkpoint": ["r/ckpt_000020.pt", "r/ckpt_000010.pt"],
+        ...                      "run": ["r", "r"], "step": [20, 10], "estimator": ["l11"] * 2,
+        ...                      "bound": ["‖H‖₁,₁"] * 2, "value": [2.5, 1.5], "d": [10, 10]})
         >>> t = norms_table(rows)
         >>> t["step"].tolist(), t["value"].tolist(), t["bound_per_dim"].tolist()
-        ([20], [2.5], [0.25])
+        ([10, 20], [1.5, 2.5], [0.15, 0.25])
     """
     if "bound_value" not in results.columns:
         results = normalize_results(results, Path("<DataFrame>"))
@@ -61,7 +63,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         results = run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[df["estimator"].map(family).eq("smoothness")]  # the other families have their own
-    out = _ordered(_last_checkpoint(df))
+    out = _ordered(df, by_step=True)
     cols = [
         "label",
         "optimizer",
@@ -87,6 +89,7 @@ def norms_table(results: pd.DataFrame) -> pd.DataFrame:
         "loss",
         "grad_norm",
         *EVAL_COLUMNS,
+        *LOSS_CHECK_COLUMNS,
     ]
     for c in cols:  # DataFrames from older producers may lack the evaluation columns
         if c not in out.columns:
@@ -223,16 +226,25 @@ def runs_table(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ordered(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows ordered by optimizer, run label, estimator, rotation (with helper columns)."""
+def _ordered(df: pd.DataFrame, by_step: bool = False) -> pd.DataFrame:
+    """Rows ordered by optimizer, run label, (step,) estimator, rotation (with helper columns)."""
+    keys = ["_o", "label", "_s", "_e", "rotation"] if by_step else ["_o", "label", "_e", "rotation"]
     return df.assign(
         _o=df["optimizer"].map(optimizer_rank),
         _e=df["estimator"].map(estimator_rank),
-    ).sort_values(["_o", "label", "_e", "rotation"], kind="stable")
+        _s=pd.to_numeric(df["step"], errors="coerce") if "step" in df else 0,
+    ).sort_values(keys, kind="stable", na_position="last")
 
 
-def _last_checkpoint(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each run's last checkpoint (largest step; the last listed without steps)."""
+def last_checkpoint(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last checkpoint (largest step; the last listed without steps).
+
+    Example:
+        >>> df = pd.DataFrame({"run_key": ["r", "r"], "step": [10, 20],
+        ...                    "checkpoint": ["r/a.pt", "r/b.pt"]})
+        >>> last_checkpoint(df)["checkpoint"].tolist()
+        ['r/b.pt']
+    """
     keep = []
     for _, g in df.groupby("run_key", sort=False):
         steps = g["step"]
@@ -274,7 +286,7 @@ def spectrum_table(results: pd.DataFrame) -> pd.DataFrame:
         results = run_keys(results, [])
     df = results.drop_duplicates(subset=[c for c in RESULT_COLUMNS if c != "details"])
     df = df[df["estimator"].map(is_spectrum).astype(bool)]
-    out = _last_checkpoint(df).copy()
+    out = last_checkpoint(df).copy()
     det = [details_of(x) for x in out["details"]]
     for key in ("lambda_max", "lambda_min", "second_moment", "n_blocks"):
         out[key] = [d.get(key, math.nan) if d.get(key) is not None else math.nan for d in det]

@@ -60,6 +60,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     Raises:
         ConfigError: ``--task-options`` that is not a JSON object.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> configure_parser(p)
+        >>> cfg = config_from_args(p.parse_args(["--out", "r", "--task-options", '{"d": 5}']))
+        >>> cfg.task_options, cfg.steps, cfg.bias_correction
+        ({'d': 5}, 200, True)
     """
     values = values_for(TrainConfig, args)
     raw = values.get("task_options")
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         f"done: step {result['step']}, train loss {result['train_loss']:.4f}, "
         f"eval loss {result['eval_loss']:.4f}; checkpoint {result['checkpoint']}"
     )
+    print(f"wrote run folder {args.out} (config.json, metrics.csv, checkpoints)")
     return 0
 
 

@@ -119,7 +119,14 @@ class QuadraticModel(nn.Module):
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build a module drawing from torch's global RNG without disturbing it."""
+    """Build a module drawing from torch's global RNG without disturbing it.
+
+    Example:
+        >>> state = torch.random.get_rng_state()
+        >>> a, b = seeded(3, lambda: nn.Linear(2, 2)), seeded(3, lambda: nn.Linear(2, 2))
+        >>> torch.equal(a.weight, b.weight), torch.equal(state, torch.random.get_rng_state())
+        (True, True)
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
