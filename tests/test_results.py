@@ -25,7 +25,18 @@ from hessnorm.results import (
     per_dim_label,
 )
 
-BUILTINS = ["spectral", "l11", "blockwise", "trace", "density", "block-spectra", "diagonal-share"]
+BUILTINS = [
+    "spectral",
+    "l11",
+    "blockwise",
+    "trace",
+    "density",
+    "block-spectra",
+    "diagonal-share",
+    "adam-sharpness",
+    "linf",
+    "phi",
+]
 # the names `hessnorm analyze --estimators` accepted before the registry existed
 LEGACY_NAMES = [
     "spectral",
