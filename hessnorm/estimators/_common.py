@@ -27,6 +27,7 @@ __all__ = [
     "random_unit",
     "CAUCHY_BLOCK",
     "cauchy_key",
+    "philox_uniform",
     "cauchy_probes",
     "cauchy_probe_ranges",
     "default_chunk",
@@ -159,21 +160,14 @@ def unit_start(seed: int, d: int, start: str, dtype, device) -> Tensor:
     return (v / v.norm()).to(device=device, dtype=dtype)
 
 
-def random_unit(d: int, g: torch.Generator, op=None, draw: int = 0) -> Tensor:
-    """A uniformly random unit vector of R^d (float64, CPU) drawn from ``g``; on a sharded
-    operator, this rank's slice of the one drawn by global coordinate (``draw``-th of the
-    seed), so the vector does not depend on the number of ranks.
+def random_unit(d: int, g: torch.Generator) -> Tensor:
+    """A uniformly random unit vector of R^d (float64, CPU) drawn from ``g``.
 
     Example:
         >>> v = random_unit(5, torch.Generator().manual_seed(0))
         >>> v.dtype, tuple(v.shape), round(float(v.norm()), 12)
         (torch.float64, (5,), 1.0)
     """
-    if op is not None:
-        from hessnorm.estimators import _space
-
-        if _space.is_sharded(op):
-            return _space.gaussian_unit(op, g.initial_seed(), draw)
     v = torch.randn(d, generator=g, dtype=torch.float64)
     return v / v.norm()
 
@@ -196,6 +190,37 @@ def cauchy_key(seed: int) -> int:
     return int(seed) % (1 << 128)
 
 
+def philox_uniform(key: int, lo: int, hi: int):
+    """Uniform [0, 1) float64 values (numpy) at positions [lo, hi) of the Philox stream ``key``.
+
+    The stream is cut into blocks of :data:`CAUCHY_BLOCK` values, block b starting at
+    counter b·2⁶⁴, so any range is read on its own; every hessnorm probe stream (Cauchy,
+    and the sharded Gaussian / Rademacher draws) reads its positions here.
+
+    Example:
+        >>> import numpy as np
+        >>> whole = philox_uniform(3, 0, 10)
+        >>> bool(np.array_equal(np.concatenate([philox_uniform(3, 0, 4), philox_uniform(3, 4, 10)]), whole))
+        True
+    """
+    import numpy as np
+
+    out = np.empty(max(hi - lo, 0), dtype=np.float64)
+    pos = lo
+    while pos < hi:
+        b = pos // CAUCHY_BLOCK
+        end = min(hi, (b + 1) * CAUCHY_BLOCK)
+        bits = np.random.Philox(key=key, counter=b << 64)
+        off = pos - b * CAUCHY_BLOCK
+        bits.advance(off // 4)  # Philox gives 4 values per counter step
+        gen = np.random.Generator(bits)
+        if off % 4:
+            gen.random(off % 4)
+        out[pos - lo : end - lo] = gen.random(end - pos)
+        pos = end
+    return out
+
+
 def fill_cauchy_block(key: int, b: int, lo: int, hi: int, out: Tensor) -> None:
     """Write the Cauchy values at stream positions [lo, hi) of block b into ``out``.
 
@@ -209,13 +234,8 @@ def fill_cauchy_block(key: int, b: int, lo: int, hi: int, out: Tensor) -> None:
     """
     import numpy as np
 
-    bits = np.random.Philox(key=key, counter=b << 64)
-    off = lo - b * CAUCHY_BLOCK
-    bits.advance(off // 4)  # Philox gives 4 values per counter step
-    gen = np.random.Generator(bits)
-    if off % 4:
-        gen.random(off % 4)
-    u = gen.random(hi - lo)
+    assert b * CAUCHY_BLOCK <= lo and hi <= (b + 1) * CAUCHY_BLOCK, (b, lo, hi)
+    u = philox_uniform(key, lo, hi)
     np.subtract(u, 0.5, out=u)
     np.multiply(u, math.pi, out=u)
     np.tan(u, out=u)

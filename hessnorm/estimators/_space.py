@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessnorm.estimators._common import philox_uniform
+
 __all__ = [
     "is_sharded",
     "local_d",
@@ -33,7 +35,6 @@ __all__ = [
     "rademacher_rows",
 ]
 
-_BLOCK = 1 << 20  # values per Philox block (counter b·2⁶⁴ starts block b)
 _GAUSS_TAG = 0x6A09E667F3BCC908  # separates the Gaussian / Rademacher streams from Cauchy's
 _RADEMACHER_TAG = 0xBB67AE8584CAA73B
 
@@ -111,24 +112,6 @@ def norm(op, a: Tensor) -> float:
     return math.sqrt(max(float(allreduce(op, sq)[0]), 0.0))
 
 
-def _uniform(key: int, lo: int, hi: int) -> np.ndarray:
-    """Uniform [0, 1) float64 values at positions [lo, hi) of the Philox stream ``key``."""
-    out = np.empty(max(hi - lo, 0), dtype=np.float64)
-    pos = lo
-    while pos < hi:
-        b = pos // _BLOCK
-        end = min(hi, (b + 1) * _BLOCK)
-        bits = np.random.Philox(key=key, counter=b << 64)
-        off = pos - b * _BLOCK
-        bits.advance(off // 4)  # Philox gives 4 values per counter step
-        gen = np.random.Generator(bits)
-        if off % 4:
-            gen.random(off % 4)
-        out[pos - lo : end - lo] = gen.random(end - pos)
-        pos = end
-    return out
-
-
 def _ranges(op) -> list[tuple[int, int]]:
     return list(op.local_ranges) if is_sharded(op) else [(0, op.d)]
 
@@ -155,7 +138,7 @@ def gaussian_unit(op, seed: int, draw: int) -> Tensor:
     d = op.d
     parts = []
     for lo, hi in _ranges(op):
-        u = _uniform(key, 2 * (draw * d + lo), 2 * (draw * d + hi)).reshape(-1, 2)
+        u = philox_uniform(key, 2 * (draw * d + lo), 2 * (draw * d + hi)).reshape(-1, 2)
         parts.append(np.sqrt(-2.0 * np.log1p(-u[:, 0])) * np.cos(2.0 * math.pi * u[:, 1]))
     v = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0))
     return v / norm(op, v)
@@ -180,7 +163,7 @@ def rademacher_rows(op, seed: int, first: int, k: int, dtype, device) -> Tensor:
     for i in range(k):
         r = first + i
         u = np.concatenate(
-            [_uniform(key, r * d + lo, r * d + hi) for lo, hi in _ranges(op)] or [np.zeros(0)]
+            [philox_uniform(key, r * d + lo, r * d + hi) for lo, hi in _ranges(op)] or [np.zeros(0)]
         )
         out[i] = torch.from_numpy(np.where(u < 0.5, -1.0, 1.0)).to(device=device, dtype=dtype)
     return out

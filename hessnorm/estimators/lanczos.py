@@ -354,10 +354,18 @@ def lanczos(
             Q.close()
 
 
+def _start_unit(d: int, g: torch.Generator, op, draw: int) -> Tensor:
+    """A random unit start; on a sharded operator this rank's slice of the one drawn by
+    global coordinate (``draw``-th of the seed), so it does not depend on the ranks."""
+    if _space.is_sharded(op):
+        return _space.gaussian_unit(op, g.initial_seed(), draw)
+    return random_unit(d, g)
+
+
 def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, restart):
     d = op.d
     g = torch.Generator().manual_seed(int(seed))
-    q = random_unit(d, g, op).to(device=op.device, dtype=op.dtype)
+    q = _start_unit(d, g, op, 0).to(device=op.device, dtype=op.dtype)
     Q.append(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -411,7 +419,7 @@ def _lanczos_loop(op, Q, m_max, seed, stop, keep_basis, progress, stop_tridiag, 
             # A new random direction orthogonal to the invariant space found so far.
             nrm = 0.0
             for _ in range(3):
-                w = random_unit(d, g, op, 1 + restarts).to(device=op.device, dtype=op.dtype)
+                w = _start_unit(d, g, op, 1 + restarts).to(device=op.device, dtype=op.dtype)
                 for _ in range(2):
                     w = Q.project_out(w)
                 nrm = _space.norm(op, w.double())
