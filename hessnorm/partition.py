@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -29,7 +29,9 @@ from hessnorm.errors import SelectionError
 __all__ = ["Partition", "PARTITIONS"]
 
 # the names Partition.named (and ``hessnorm train --partition``) accepts
-PARTITIONS = ("by_tensor", "by_row", "coordinates", "single")
+# the named partitions (Partition.named); estimators take one as a ``PartitionName`` option
+PartitionName = Literal["by_tensor", "by_row", "coordinates", "single"]
+PARTITIONS = get_args(PartitionName)
 
 
 def _named_shapes(obj: Any) -> dict[str, tuple[int, ...]]:

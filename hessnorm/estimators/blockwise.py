@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -59,7 +58,7 @@ from hessnorm.estimators._krylov import (
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.lanczos import lanczos, spectral_norm
 from hessnorm.operator import as_operator
-from hessnorm.partition import Partition
+from hessnorm.partition import Partition, PartitionName
 from hessnorm.registry import register_estimator
 
 __all__ = ["blockwise_smoothness"]
@@ -605,7 +604,7 @@ def blockwise_entry(
     *,
     seed: int = 0,
     progress: bool = False,
-    partition: Literal["by_tensor", "by_row", "coordinates", "single"] = "by_tensor",
+    partition: PartitionName = "by_tensor",
 ) -> Estimate:
     """S(H, Φ) for a named partition with per-pair random-start bounds (:func:`blockwise_smoothness`).
 

@@ -35,7 +35,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ from hessnorm.estimate import Estimate
 from hessnorm.estimators._common import t_quantile, unit_start
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.operator import all_finite, as_operator
-from hessnorm.partition import Partition
+from hessnorm.partition import Partition, PartitionName
 from hessnorm.registry import register_estimator
 
 __all__ = ["SpectralDensity", "spectral_density", "block_spectra", "block_heterogeneity"]
@@ -817,7 +817,7 @@ def block_spectra_entry(
     *,
     seed: int = 0,
     progress: bool = False,
-    partition: Literal["by_tensor", "by_row", "coordinates", "single"] = "by_tensor",
+    partition: PartitionName = "by_tensor",
 ) -> Estimate:
     """Heterogeneity of the per-block SLQ densities (:func:`block_heterogeneity`).
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,7 +40,7 @@ from hessnorm.estimators._krylov import rounding_slack
 from hessnorm.estimators._progress import progress_bar
 from hessnorm.estimators.lanczos import top_eigenpairs
 from hessnorm.operator import as_operator
-from hessnorm.partition import Partition
+from hessnorm.partition import Partition, PartitionName
 from hessnorm.registry import register_estimator
 
 __all__ = ["linf_smoothness", "phi_smoothness", "hvp_cost", "phi_hvp_cost"]
@@ -448,7 +447,7 @@ def phi_entry(
     *,
     seed: int = 0,
     progress: bool = False,
-    partition: Literal["by_tensor", "by_row", "coordinates", "single"] = "by_tensor",
+    partition: PartitionName = "by_tensor",
 ) -> Estimate:
     """Certified bracket of Φ-smoothness: block-normalised lower bound, blockwise upper end.
 
